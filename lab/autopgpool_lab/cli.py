@@ -1,0 +1,56 @@
+"""Command line: labctl image | up | down | status | ssh HOST [cmd]."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from . import config
+from .image import build_image
+from .machines import Paths, down, status, up
+from .system import LabError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labctl", description="Local lab of systemd-nspawn machines.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    image = sub.add_parser("image", help="build the cached base image (once per suite/package list)")
+    image.add_argument("--suite", default=config.DEFAULT_SUITE, choices=config.SUPPORTED_SUITES)
+    image.add_argument("--force", action="store_true", help="rebuild even if cached")
+    start = sub.add_parser("up", help="boot pg1 and the poolers (idempotent)")
+    start.add_argument("--machines", type=int, default=2, metavar="N_POOLERS",
+                       help="number of pooler hosts (default 2)")
+    start.add_argument("--suite", default=config.DEFAULT_SUITE, choices=config.SUPPORTED_SUITES)
+    sub.add_parser("down", help="stop every lab machine and remove overlays, bridge and veths")
+    sub.add_parser("status", help="show each machine and its `systemctl is-system-running`")
+    ssh = sub.add_parser("ssh", help="ssh to a lab machine as ops")
+    ssh.add_argument("host")
+    ssh.add_argument("cmd", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    paths = Paths(config.STATE_DIR)
+    try:
+        if args.command == "image":
+            build_image(args.suite, force=args.force)
+        elif args.command == "up":
+            up(args.machines, args.suite, paths)
+        elif args.command == "down":
+            down(paths)
+        elif args.command == "status":
+            return status(paths)
+        elif args.command == "ssh":
+            if not paths.ssh_config.is_file():
+                raise LabError("the lab is not up (no .lab/ssh_config); run `labctl up`")
+            cmd = ["ssh", "-F", str(paths.ssh_config), args.host, *args.cmd]
+            os.execvp(cmd[0], cmd)  # noqa: S606 - hand the terminal to ssh
+    except (LabError, ValueError) as exc:
+        print(f"labctl: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

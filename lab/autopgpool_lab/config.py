@@ -1,0 +1,105 @@
+"""Lab constants and pure planning logic: which machines exist, their addresses, the image cache key."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+# Bump whenever image-time setup changes in a way that must invalidate cached images.
+IMAGE_SETUP_VERSION = 3
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STATE_DIR = REPO_ROOT / ".lab"
+IMAGE_CACHE_DIR = Path("/var/cache/autopgpool-lab/images")
+MACHINES_DIR = Path("/var/lib/autopgpool-lab/machines")
+
+MIRROR = "http://deb.debian.org/debian"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+DEFAULT_SUITE = "bookworm"
+SUPPORTED_SUITES = ("bookworm", "trixie")
+
+BRIDGE = "apglab0"
+NETWORK = ipaddress.IPv4Network("10.231.0.0/24")
+HOST_ADDRESS = ipaddress.IPv4Address("10.231.0.1")
+FIRST_MACHINE_OCTET = 10
+MACHINE_PREFIX = "apg-"
+MAX_POOLERS = 20
+LAB_USER = "ops"
+
+# debootstrap installs only this small base; everything else comes through apt inside the
+# chroot, where security and point-release updates are also visible.
+BOOTSTRAP_PACKAGES: tuple[str, ...] = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "ca-certificates",
+)
+
+# Every package the roles and tests need on a host: lab machines have no network beyond the bridge.
+IMAGE_PACKAGES: tuple[str, ...] = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "libpam-systemd",
+    "python3",
+    "python3-apt",
+    "openssh-server",
+    "iproute2",
+    "sudo",
+    "acl",
+    "ca-certificates",
+    "procps",
+    "socat",
+    "netcat-openbsd",
+    "less",
+    "postgresql",
+    "postgresql-client",
+    "postgresql-contrib",
+    "haproxy",
+    "build-essential",
+    "pkg-config",
+    "libevent-dev",
+    "libssl-dev",
+    "libc-ares-dev",
+    "libsystemd-dev",
+    "python3-psycopg2",
+)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One lab machine: its short name, Ansible group and static address."""
+
+    name: str
+    group: str
+    address: ipaddress.IPv4Address
+
+    @property
+    def unit_name(self) -> str:
+        """The nspawn machine name (also used for the veth: vb-<name>, at most 15 chars)."""
+        return MACHINE_PREFIX + self.name
+
+
+def plan_machines(poolers: int = 2) -> list[Machine]:
+    """pg1 then pool1..poolN, with consecutive addresses from .10."""
+    if not 1 <= poolers <= MAX_POOLERS:
+        raise ValueError(f"--machines: expected a number of poolers from 1 to {MAX_POOLERS}, got {poolers}")
+    base = int(NETWORK.network_address) + FIRST_MACHINE_OCTET
+    machines = [Machine("pg1", "postgres", ipaddress.IPv4Address(base))]
+    for i in range(1, poolers + 1):
+        machines.append(Machine(f"pool{i}", "pgbouncer", ipaddress.IPv4Address(base + i)))
+    return machines
+
+
+def image_cache_key(suite: str, packages: tuple[str, ...] = IMAGE_PACKAGES,
+                    setup_version: int = IMAGE_SETUP_VERSION) -> str:
+    """Directory name of the cached image: changes when the suite, packages or setup change."""
+    material = "\n".join([suite, *sorted(set(packages)), f"setup={setup_version}"])
+    return f"{suite}-{hashlib.sha256(material.encode()).hexdigest()[:12]}"
+
+
+def image_path(suite: str) -> Path:
+    """Where the finished image for a suite lives."""
+    return IMAGE_CACHE_DIR / image_cache_key(suite)

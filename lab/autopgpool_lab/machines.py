@@ -1,0 +1,443 @@
+"""Bring lab machines up and down: overlays, systemd-nspawn processes, the bridge, SSH readiness."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config, render
+from .config import Machine
+from .image import build_image
+from .system import (
+    LabError,
+    alive,
+    all_pids,
+    children,
+    mounts_under,
+    process_root,
+    read_cmdline,
+    run,
+    unmount_all_under,
+)
+
+BOOT_TIMEOUT = 120.0
+STOP_GRACE = 20.0
+SSH_PROBE_TIMEOUT = 8.0
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Files in the lab's state dir (<repo>/.lab)."""
+
+    state: Path
+
+    @property
+    def key(self) -> Path:
+        return self.state / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state / "known_hosts"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.state / "ssh_config"
+
+    @property
+    def inventory(self) -> Path:
+        return self.state / "inventory.yml"
+
+    @property
+    def lab_json(self) -> Path:
+        return self.state / "lab.json"
+
+    def log(self, name: str) -> Path:
+        return self.state / "logs" / f"{name}.log"
+
+    def pidfile(self, name: str) -> Path:
+        return self.state / "run" / f"{name}.pid"
+
+
+def machine_dir(name: str) -> Path:
+    return config.MACHINES_DIR / name
+
+
+def machine_root(name: str) -> Path:
+    return machine_dir(name) / "root"
+
+
+# ---------------------------------------------------------------- discovery of what is there
+
+
+def nspawn_pids(unit_name: str | None = None) -> list[int]:
+    """Live systemd-nspawn processes of the lab (optionally of one machine), found from /proc."""
+    found = []
+    for pid in all_pids():
+        argv = read_cmdline(pid)
+        if not argv or os.path.basename(argv[0]) != "systemd-nspawn":
+            continue
+        names = [a.split("=", 1)[1] for a in argv if a.startswith("--machine=")]
+        if not names or not names[0].startswith(config.MACHINE_PREFIX):
+            continue
+        if (unit_name is None or names[0] == unit_name) and alive(pid):
+            found.append(pid)
+    return found
+
+
+def processes_in(root: Path) -> list[int]:
+    """Processes whose root directory is inside root: a container left behind by a killed nspawn."""
+    prefix = str(root)
+    out = []
+    for pid in all_pids():
+        proc_root = process_root(pid)
+        if proc_root and (proc_root == prefix or proc_root.startswith(prefix + "/")) and alive(pid):
+            out.append(pid)
+    return out
+
+
+def lab_veths() -> list[str]:
+    """Host-side veths nspawn made for lab machines (vb-apg-*)."""
+    proc = run(["ip", "-o", "link", "show"], capture=True, quiet=True)
+    names = []
+    for line in proc.stdout.splitlines():
+        parts = line.split(":")
+        if len(parts) > 1:
+            name = parts[1].strip().split("@", 1)[0]
+            if name.startswith("vb-" + config.MACHINE_PREFIX):
+                names.append(name)
+    return names
+
+
+def bridge_exists() -> bool:
+    return run(["ip", "link", "show", config.BRIDGE], check=False, capture=True, quiet=True).returncode == 0
+
+
+def known_machine_names(paths: Paths) -> list[str]:
+    """Every machine with any trace: a dir, a pid file, or a running nspawn."""
+    names: set[str] = set()
+    if config.MACHINES_DIR.is_dir():
+        names.update(p.name for p in config.MACHINES_DIR.iterdir() if p.is_dir())
+    run_dir = paths.state / "run"
+    if run_dir.is_dir():
+        names.update(p.stem for p in run_dir.glob("*.pid"))
+    for pid in nspawn_pids():
+        for arg in read_cmdline(pid):
+            if arg.startswith("--machine=" + config.MACHINE_PREFIX):
+                names.add(arg.split("=", 1)[1][len(config.MACHINE_PREFIX):])
+    return sorted(names)
+
+
+def is_running(machine: Machine) -> bool:
+    return bool(nspawn_pids(machine.unit_name)) and bool(mounts_under(machine_root(machine.name))
+                                                         or (machine_dir(machine.name) / "copy").exists())
+
+
+# ---------------------------------------------------------------- host-side setup
+
+
+def ensure_ssh_key(paths: Paths) -> None:
+    if paths.key.is_file() and paths.key.with_suffix(".pub").is_file():
+        return
+    paths.key.unlink(missing_ok=True)
+    paths.key.with_suffix(".pub").unlink(missing_ok=True)
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "autopgpool-lab", "-f", paths.key])
+
+
+def ensure_bridge() -> None:
+    """The lab bridge with the host's lab address; no NAT, no forwarding, no route out."""
+    if not bridge_exists():
+        run(["ip", "link", "add", config.BRIDGE, "type", "bridge"])
+    addrs = run(["ip", "-o", "-4", "addr", "show", "dev", config.BRIDGE], capture=True, quiet=True).stdout
+    cidr = f"{config.HOST_ADDRESS}/{config.NETWORK.prefixlen}"
+    if f" {cidr} " not in addrs:
+        run(["ip", "addr", "add", cidr, "dev", config.BRIDGE])
+    run(["ip", "link", "set", config.BRIDGE, "up"], quiet=True)
+
+
+def _passwd_ids(root: Path, user: str) -> tuple[int, int]:
+    for line in (root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise LabError(f"user {user!r} missing from the image; rebuild it with `labctl image --force`")
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # replace symlinks (e.g. /etc/hostname) instead of following them
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def host_pub_keys(root: Path) -> list[str]:
+    return [p.read_text().strip() for p in sorted((root / "etc/ssh").glob("ssh_host_*_key.pub"))]
+
+
+# ---------------------------------------------------------------- stopping and cleaning
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _wait_gone(pids: Sequence[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(alive(p) for p in pids):
+            return True
+        time.sleep(0.2)
+    return not any(alive(p) for p in pids)
+
+
+def stop_machines(names: Sequence[str], paths: Paths) -> None:
+    """Orderly poweroff (nspawn forwards SIGTERM as the kill signal), then SIGKILL, then clean up."""
+    pids = {name: nspawn_pids(config.MACHINE_PREFIX + name) for name in names}
+    for plist in pids.values():
+        for pid in plist:
+            _signal(pid, signal.SIGTERM)
+    flat = [p for plist in pids.values() for p in plist]
+    if flat and not _wait_gone(flat, STOP_GRACE):
+        for pid in flat:
+            for child in children(pid):  # the container's PID 1: killing it ends the whole container
+                _signal(child, signal.SIGKILL)
+            _signal(pid, signal.SIGKILL)
+        _wait_gone(flat, 10)
+    for name in names:
+        root = machine_root(name)
+        leftovers = processes_in(root)
+        for pid in leftovers:
+            _signal(pid, signal.SIGKILL)
+        if leftovers and not _wait_gone(leftovers, 10):
+            raise LabError(f"{name}: processes still running inside {root}: {leftovers}")
+        clean_machine_dir(name)
+        paths.pidfile(name).unlink(missing_ok=True)
+
+
+def clean_machine_dir(name: str) -> None:
+    """Unmount and delete a machine's dir; refuses to delete through a mount that is still there."""
+    mdir = machine_dir(name)
+    unmount_all_under(mdir)
+    if mounts_under(mdir):
+        raise LabError(f"{mdir} still has mounts; not deleting")
+    if mdir.exists():
+        shutil.rmtree(mdir)
+
+
+def remove_network() -> None:
+    for veth in lab_veths():
+        run(["ip", "link", "del", veth], check=False, quiet=True)
+    if bridge_exists():
+        run(["ip", "link", "del", config.BRIDGE])
+
+
+# ---------------------------------------------------------------- starting
+
+
+def prepare_machine(machine: Machine, machines: Sequence[Machine], image: Path, paths: Paths) -> str:
+    """Fresh root for one machine (overlay on the image, or a copy); returns 'overlay' or 'copy'."""
+    clean_machine_dir(machine.name)
+    mdir = machine_dir(machine.name)
+    root = mdir / "root"
+    for sub in ("upper", "work", "root"):
+        (mdir / sub).mkdir(parents=True)
+    opts = f"lowerdir={image},upperdir={mdir / 'upper'},workdir={mdir / 'work'}"
+    mode = "overlay"
+    if run(["mount", "-t", "overlay", "overlay", "-o", opts, root], check=False, quiet=True).returncode != 0:
+        print(f"{machine.name}: overlay mount failed, copying the image instead", file=sys.stderr)
+        mode = "copy"
+        root.rmdir()
+        run(["cp", "-a", "--reflink=auto", image, root], quiet=True)
+        (mdir / "copy").touch()
+    _write(root / "etc/hostname", machine.name + "\n")
+    _write(root / "etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
+    _write(root / "etc/systemd/network/10-host0.network", render.host0_network(machine))
+    _write(root / "etc/hosts", render.hosts_file(machines, machine))
+    run(["ssh-keygen", "-A", "-f", root], capture=True, quiet=True)
+    uid, gid = _passwd_ids(root, config.LAB_USER)
+    ssh_dir = root / "home" / config.LAB_USER / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chown(ssh_dir, uid, gid)
+    auth = ssh_dir / "authorized_keys"
+    _write(auth, paths.key.with_suffix(".pub").read_text(), 0o600)
+    os.chown(auth, uid, gid)
+    return mode
+
+
+def start_machine(machine: Machine, paths: Paths) -> int:
+    """Start nspawn detached (own session, logs to a file); there is no host systemd to supervise it."""
+    log_path = paths.log(machine.name)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    paths.pidfile(machine.name).parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        "systemd-nspawn", "--boot", "-D", str(machine_root(machine.name)),
+        "--register=no", "--keep-unit",
+        f"--network-bridge={config.BRIDGE}", f"--machine={machine.unit_name}",
+        f"--hostname={machine.name}", "--console=read-only", "--link-journal=no",
+        "--resolv-conf=off", "--timezone=off", "--kill-signal=SIGRTMIN+4",
+    ]
+    with open(log_path, "ab") as log:
+        log.write(f"\n==== {time.strftime('%F %T')} {' '.join(cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+    paths.pidfile(machine.name).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def ssh_base(paths: Paths, machine: Machine) -> list[str]:
+    return [
+        "ssh", "-i", str(paths.key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+        "-o", "ConnectTimeout=3", "-o", f"UserKnownHostsFile={paths.known_hosts}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR",
+        f"{config.LAB_USER}@{machine.address}",
+    ]
+
+
+def probe(paths: Paths, machine: Machine) -> str:
+    """Output of `systemctl is-system-running` over SSH, or the SSH error."""
+    try:
+        proc = subprocess.run([*ssh_base(paths, machine), "systemctl", "is-system-running"],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=SSH_PROBE_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        return "ssh: timed out"
+    return (proc.stdout.strip() or proc.stderr.strip() or f"exit {proc.returncode}").splitlines()[-1]
+
+
+def log_tail(paths: Paths, name: str, lines: int = 25) -> str:
+    try:
+        text = paths.log(name).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_ready(machine: Machine, paths: Paths, timeout: float) -> str | None:
+    """None once the machine reports running; otherwise a message naming it with the last output."""
+    deadline = time.monotonic() + timeout
+    last = "(no answer yet)"
+    while time.monotonic() < deadline:
+        if not nspawn_pids(machine.unit_name):
+            tail = log_tail(paths, machine.name)
+            return f"{machine.name}: systemd-nspawn exited; last probe: {last}\n{tail}"
+        last = probe(paths, machine)
+        if last == "running":
+            return None
+        if last == "degraded":
+            failed = subprocess.run([*ssh_base(paths, machine), "systemctl", "--failed", "--no-legend"],
+                                    capture_output=True, text=True, timeout=SSH_PROBE_TIMEOUT, check=False,
+                                    stdin=subprocess.DEVNULL).stdout.strip()
+            return f"{machine.name}: system is degraded; failed units:\n{failed}"
+        time.sleep(0.5)
+    return (f"{machine.name}: not running after {timeout:.0f}s; last output of "
+            f"`systemctl is-system-running`: {last}\n--- nspawn log tail ({paths.log(machine.name)}):\n"
+            f"{log_tail(paths, machine.name)}")
+
+
+def _read_lab_json(paths: Paths) -> dict[str, object]:
+    try:
+        data = json.loads(paths.lab_json.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def planned(paths: Paths) -> tuple[list[Machine], str]:
+    """The machines and suite of the last `up`, or the defaults."""
+    data = _read_lab_json(paths)
+    poolers = data.get("poolers", 2)
+    suite = data.get("suite", config.DEFAULT_SUITE)
+    return (config.plan_machines(poolers if isinstance(poolers, int) else 2),
+            suite if isinstance(suite, str) else config.DEFAULT_SUITE)
+
+
+def write_access_files(paths: Paths, machines: Sequence[Machine]) -> None:
+    entries: list[str] = []
+    for machine in machines:
+        entries += render.known_hosts_lines(machine, host_pub_keys(machine_root(machine.name)))
+    paths.known_hosts.write_text("\n".join(entries) + "\n")
+    paths.inventory.write_text(render.inventory_yaml(machines, paths.key, paths.known_hosts))
+    paths.ssh_config.write_text(render.ssh_config(machines, paths.key, paths.known_hosts))
+
+
+def up(poolers: int, suite: str, paths: Paths) -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (mounts, bridge, systemd-nspawn)")
+    machines = config.plan_machines(poolers)
+    image = build_image(suite)
+    paths.state.mkdir(parents=True, exist_ok=True)
+    previous = _read_lab_json(paths)
+    running = [m for m in machines if is_running(m)]
+    if running and previous.get("suite") not in (None, suite):
+        raise LabError(f"the lab is up on {previous.get('suite')}; "
+                       f"run `labctl down` before `up --suite {suite}`")
+    wanted = {m.name for m in machines}
+    extra = [n for n in known_machine_names(paths) if n not in wanted]
+    if extra:
+        print(f"stopping machines not in this plan: {', '.join(extra)}")
+        stop_machines(extra, paths)
+    started = time.monotonic()
+    ensure_ssh_key(paths)
+    ensure_bridge()
+    to_boot = [m for m in machines if m not in running]
+    for machine in running:  # a machine added to the plan must resolve from the old ones too
+        _write(machine_root(machine.name) / "etc/hosts", render.hosts_file(machines, machine))
+    if to_boot:
+        # nspawn processes left over without a usable root (crash mid-up) are stopped first.
+        stop_machines([m.name for m in to_boot], paths)
+        with ThreadPoolExecutor(max_workers=len(to_boot)) as pool:
+            modes = list(pool.map(lambda m: prepare_machine(m, machines, image, paths), to_boot))
+        for machine in to_boot:
+            start_machine(machine, paths)
+        print(f"booting {', '.join(m.name for m in to_boot)} ({', '.join(sorted(set(modes)))})")
+    write_access_files(paths, machines)
+    paths.lab_json.write_text(json.dumps({"suite": suite, "poolers": poolers, "image": str(image)}) + "\n")
+    with ThreadPoolExecutor(max_workers=len(machines)) as pool:
+        errors = [e for e in pool.map(lambda m: wait_ready(m, paths, BOOT_TIMEOUT), machines) if e]
+    if errors:
+        raise LabError("lab did not come up:\n" + "\n".join(errors))
+    elapsed = time.monotonic() - started
+    print(f"lab up in {elapsed:.1f}s: {len(to_boot)} booted, {len(running)} already running ({suite})")
+    for machine in machines:
+        print(f"  {machine.name:<7} {machine.address!s:<12} {machine.group}")
+    rel = os.path.relpath(paths.state, Path.cwd())
+    print(f"reach them:  ssh -F {rel}/ssh_config pool1   |   python3 lab/labctl.py ssh pool1 [cmd]")
+    print(f"ansible:     ansible -i {rel}/inventory.yml all -m ansible.builtin.ping")
+    print("tear down:   python3 lab/labctl.py down")
+
+
+def down(paths: Paths) -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (mounts, bridge, systemd-nspawn)")
+    names = known_machine_names(paths)
+    stop_machines(names, paths)
+    remove_network()
+    if config.MACHINES_DIR.is_dir() and not any(config.MACHINES_DIR.iterdir()):
+        config.MACHINES_DIR.rmdir()
+    for path in (paths.inventory, paths.ssh_config, paths.known_hosts, paths.lab_json):
+        path.unlink(missing_ok=True)
+    print(f"lab down: stopped {', '.join(names) if names else 'nothing'}; bridge and overlays removed")
+
+
+def status(paths: Paths) -> int:
+    machines, suite = planned(paths)
+    all_ok = True
+    print(f"suite {suite}, bridge {config.BRIDGE}: {'present' if bridge_exists() else 'absent'}")
+    for machine in machines:
+        up_now = is_running(machine)
+        state = probe(paths, machine) if up_now and paths.known_hosts.exists() else "-"
+        all_ok = all_ok and state == "running"
+        print(f"  {machine.name:<7} {machine.address!s:<12} {'running' if up_now else 'stopped':<8} {state}")
+    return 0 if all_ok else 3
