@@ -1,0 +1,66 @@
+# The two commands of README.md: `make demo` and `make test`. Both install what they need on a
+# fresh Debian 12 machine (run as root: the lab boots systemd-nspawn machines).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+LAB_INVENTORY := -i .lab/inventory.yml -i inventories/lab
+
+# Controller packages: the lab (debootstrap, nspawn, bridge, ssh), the pinned pgbouncer build and a
+# PostgreSQL server for the integration tests, HAProxy for checking haproxy.cfg locally.
+APT_PACKAGES := debootstrap systemd-container iproute2 openssh-client rsync curl ca-certificates \
+	build-essential pkg-config libevent-dev libssl-dev libc-ares-dev libsystemd-dev \
+	postgresql postgresql-client postgresql-contrib python3-venv
+
+include lab/lab.mk
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+
+.PHONY: deps
+deps: ## Install the controller's Debian packages (only those missing)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "Installing: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## Create the virtualenv with the package and its tools
+
+.PHONY: lint
+lint: venv ## ruff, mypy, yamllint, ansible-lint (production profile)
+	ruff check .
+	ruff format --check .
+	mypy
+	yamllint -s .
+	ansible-lint
+
+.PHONY: unit
+unit: deps venv ## Unit tests and the real-pgbouncer integration tests (loopback only)
+	pytest -m "not e2e and not lab"
+
+.PHONY: molecule
+molecule: deps venv lab-image ## The molecule scenario on the lab: create, converge, idempotence, verify, destroy
+	molecule test
+
+.PHONY: test
+test: deps venv lint unit molecule ## Everything CI runs
+
+.PHONY: demo
+demo: deps venv lab-image lab-up ## Boot the lab and deploy examples/autopgpool.toml to it
+	ansible-playbook $(LAB_INVENTORY) lab/playbooks/postgres.yml
+	ansible-playbook $(LAB_INVENTORY) playbooks/site.yml
+	ansible-playbook $(LAB_INVENTORY) lab/playbooks/demo_check.yml
