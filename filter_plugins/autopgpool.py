@@ -1,0 +1,42 @@
+"""Ansible filters over the autopgpool package: import, map ConfigError to AnsibleFilterError, register.
+
+Playbooks: ``lookup('ansible.builtin.file', path) | autopgpool_render(secrets=vault_map, salt_key=key)``.
+``secrets`` (possibly Vault-encrypted values) is laid over the controller's environment: the mapping wins.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+from autopgpool import ConfigError, backends, merge_sources, render_files, summarize, validate
+
+
+def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def filter_(toml_text: str, secrets: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        try:
+            return func(str(toml_text), merge_sources(secrets, os.environ), **kwargs)
+        except ConfigError as exc:
+            raise AnsibleFilterError(str(exc)) from None
+
+    return filter_
+
+
+def _validate(toml_text: str, secrets: Mapping[str, str]) -> bool:
+    validate(toml_text, secrets)
+    return True
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "autopgpool_render": _wrap(render_files),
+            "autopgpool_summary": _wrap(summarize),
+            "autopgpool_backends": _wrap(backends),
+            "autopgpool_validate": _wrap(_validate),
+        }

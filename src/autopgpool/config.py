@@ -1,0 +1,624 @@
+"""Parse and validate autopgpool.toml into frozen dataclasses.
+
+Every problem is collected with the key path it is about and raised once as :class:`ConfigError`. The checks
+that decide what can be written into pgbouncer.ini, userlist.txt and pgbouncer_hba.conf live here too, so the
+renderer never has to refuse anything.
+
+What can be represented (derived from pgbouncer 1.25.2's parsers, see docs/configuration.md):
+
+* No string anywhere may contain NUL, CR or LF: all three files are line based.
+* Pool names are ``[databases]`` keys and hba database names: 1 to 63 bytes (PostgreSQL's name limit), no
+  control characters, no single quote (pgbouncer's ini parser quotes keys with ``'...'`` and has no escape
+  for ``'``), no leading or trailing whitespace, and not ``pgbouncer`` (the admin console) or ``*`` (the
+  fallback database).
+* Usernames are userlist.txt fields, hba user names and ``[users]`` keys and may appear in admin_users /
+  stats_users, which pgbouncer splits at commas: 1 to 63 bytes, no control characters, no single quote, no
+  comma, no leading or trailing whitespace. Double quotes are fine (doubled in userlist and hba).
+* Remote connection values are written as pgbouncer connection-string values, quoted with ``'...'`` and ``''``
+  for a quote; backslashes are literal there, so any printable text works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import re
+import tomllib
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, cast
+
+from . import defaults
+from .errors import Problems
+from .pgbouncer_settings import POOL_MODES, SETTINGS
+from .secrets import expand
+
+PoolMode = Literal["session", "transaction", "statement"]
+AuthType = Literal["scram-sha-256", "md5"]
+AUTH_TYPES: tuple[AuthType, ...] = ("scram-sha-256", "md5")
+NAME_MAX_BYTES = 63
+REMOTE_PASSWORD_MAX_BYTES = 2047  # pgbouncer's MAX_PASSWORD minus the terminating NUL
+SIZE_MAX = 100_000
+CLIENT_CONN_MAX = 1_000_000
+
+#: Settings the deployment owns: set per instance (or fixed) by the Ansible role, never in the TOML.
+DEPLOYMENT_OWNED = {
+    "listen_addr": "per-instance, set by the Ansible role; [pgbouncer].listen_addr is where HAProxy binds",
+    "listen_port": "per-instance, set by the Ansible role; [pgbouncer].listen_port is where HAProxy binds",
+    "unix_socket_dir": "per-instance, set by the Ansible role",
+    "unix_socket_mode": "per-instance, set by the Ansible role",
+    "unix_socket_group": "per-instance, set by the Ansible role",
+    "pidfile": "per-instance, set by the Ansible role",
+    "logfile": "per-instance, set by the Ansible role",
+    "peer_id": "per-instance, set by the Ansible role",
+    "so_reuseport": "part of the deployment topology, set by the Ansible role",
+    "job_name": "per-instance, set by the Ansible role",
+    "user": "systemd runs pgbouncer as its service user",
+    "conffile": "read-only in pgbouncer",
+    "auth_file": "always <config_dir>/userlist.txt, rendered by autopgpool",
+    "auth_hba_file": "always <config_dir>/pgbouncer_hba.conf, rendered by autopgpool",
+}
+
+#: Keys modeled by autopg-pool under [pgbouncer]; besides these, any pgbouncer setting may appear there.
+MODELED_KEYS = (
+    "listen_addr",
+    "listen_port",
+    "auth_type",
+    "pool_mode",
+    "max_client_conn",
+    "default_pool_size",
+    "ignore_startup_parameters",
+    "admin_users",
+    "stats_users",
+    "idle_transaction_timeout",
+    "max_prepared_statements",
+    "passthrough_kwargs",
+)
+TOP_KEYS = ("users", "pools", "pgbouncer")
+USER_KEYS = ("username", "password", "grants", "auth_type", "pool_mode", "max_user_connections")
+POOL_KEYS = ("remote", "pool_mode", "pool_size", "min_pool_size", "reserve_pool_size", "max_db_connections")
+REMOTE_KEYS = ("host", "port", "database", "username", "password")
+LIST_SETTINGS = ("ignore_startup_parameters", "track_extra_parameters")
+
+
+@dataclass(frozen=True)
+class Remote:
+    host: str
+    port: int
+    database: str
+    username: str
+    password: str
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    remote: Remote
+    pool_mode: PoolMode | None = None
+    pool_size: int | None = None
+    min_pool_size: int | None = None
+    reserve_pool_size: int | None = None
+    max_db_connections: int | None = None
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    password: str
+    grants: tuple[str, ...]
+    auth_type: AuthType | None = None
+    pool_mode: PoolMode | None = None
+    max_user_connections: int | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    users: tuple[User, ...]  # sorted by username
+    pools: tuple[Pool, ...]  # sorted by name
+    listen_addr: str
+    listen_port: int
+    auth_type: AuthType
+    admin_users: tuple[str, ...]
+    stats_users: tuple[str, ...]
+    settings: Mapping[str, str]  # pgbouncer settings in effect (defaults + TOML), as written to pgbouncer.ini
+
+    def user_auth_type(self, user: User) -> AuthType:
+        return user.auth_type or self.auth_type
+
+    def int_setting(self, name: str) -> int:
+        return int(self.settings[name])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def key_path(parent: str, key: str) -> str:
+    """Join a TOML key path, quoting keys that are not bare TOML keys: ``pools."my db".remote``."""
+    part = key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
+    return f"{parent}.{part}" if parent else part
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+_TYPE_NAMES = ((bool, "a boolean"), (str, "a string"), (int, "an integer"), (float, "a float"))
+
+
+def _type_name(value: object) -> str:
+    for cls, name in (*_TYPE_NAMES, (dict, "a table"), (list, "an array")):
+        if isinstance(value, cls):
+            return name
+    return type(value).__name__
+
+
+def _unknown_keys(
+    table: Mapping[str, object], allowed: tuple[str, ...], path: str, problems: Problems
+) -> None:
+    for key in table:
+        if key not in allowed:
+            problems.add(key_path(path, key), _unknown_message(key, allowed))
+
+
+def _unknown_message(key: str, allowed: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+    return f'unknown key, did you mean "{close[0]}"?' if close else "unknown key"
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
+
+
+class _Reader:
+    """Typed access to the raw TOML, reporting every problem with its path."""
+
+    def __init__(self, env: Mapping[str, str], problems: Problems) -> None:
+        self.env = env
+        self.problems = problems
+
+    def table(self, value: object, path: str) -> dict[str, object] | None:
+        if isinstance(value, dict):
+            return cast(dict[str, object], value)
+        self.problems.add(path, f"expected a table, got {_type_name(value)}")
+        return None
+
+    def string(
+        self, value: object, path: str, *, secret: bool = False, allow_empty: bool = False
+    ) -> str | None:
+        if not isinstance(value, str):
+            self.problems.add(path, f"expected a string, got {_type_name(value)}")
+            return None
+        text = expand(value, path, self.env, self.problems)
+        if "\0" in text or "\n" in text or "\r" in text:
+            what = "the value" if secret else "value"
+            self.problems.add(
+                path, f"{what} contains a NUL, CR or LF character, which cannot be written safely"
+            )
+            return None
+        if not text and not allow_empty:
+            self.problems.add(path, "must not be empty")
+            return None
+        return text
+
+    def integer(self, value: object, path: str, low: int, high: int) -> int | None:
+        """An integer in [low, high]; a string of digits is accepted, as autopg-pool accepts "5433"."""
+        number: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str):
+            text = expand(value, path, self.env, self.problems)
+            if re.fullmatch(r"[0-9]+", text.strip()):
+                number = int(text.strip())
+            value = text
+        if number is None or not low <= number <= high:
+            self.problems.add(path, f"expected an integer from {low} to {high}, got {_describe(value)}")
+            return None
+        return number
+
+    def choice(self, value: object, path: str, choices: tuple[str, ...]) -> str | None:
+        text = self.string(value, path)
+        if text is None:
+            return None
+        if text not in choices:
+            options = ", ".join(choices)
+            self.problems.add(path, f"expected one of {options}; got {_describe(text)}")
+            return None
+        return text
+
+    def string_list(self, value: object, path: str) -> list[tuple[str, str]]:
+        """Items of an array of strings with their paths (invalid items reported and skipped)."""
+        if not isinstance(value, list):
+            self.problems.add(path, f"expected an array of strings, got {_type_name(value)}")
+            return []
+        out = []
+        for i, item in enumerate(value):
+            item_path = f"{path}[{i}]"
+            text = self.string(item, item_path)
+            if text is not None:
+                out.append((text, item_path))
+        return out
+
+
+def _check_pool_name(name: str, path: str, problems: Problems) -> bool:
+    reason = None
+    if not name:
+        reason = "pool name must not be empty"
+    elif len(name.encode()) > NAME_MAX_BYTES:
+        reason = f"pool name is longer than {NAME_MAX_BYTES} bytes"
+    elif _has_control(name):
+        reason = "pool name contains a control character"
+    elif "'" in name:
+        reason = "pool name contains a single quote, which pgbouncer.ini cannot represent in a database name"
+    elif name != name.strip():
+        reason = "pool name has leading or trailing whitespace"
+    elif name == "pgbouncer":
+        reason = 'pool name "pgbouncer" is reserved for pgbouncer\'s admin console'
+    elif name == "*":
+        reason = 'pool name "*" would be pgbouncer\'s fallback database; name pools explicitly'
+    if reason:
+        problems.add(path, reason)
+        return False
+    return True
+
+
+def _check_username(name: str, path: str, problems: Problems) -> bool:
+    reason = None
+    if len(name.encode()) > NAME_MAX_BYTES:
+        reason = f"username is longer than {NAME_MAX_BYTES} bytes"
+    elif _has_control(name):
+        reason = "username contains a control character"
+    elif "'" in name:
+        reason = "username contains a single quote, which pgbouncer.ini cannot represent in a [users] key"
+    elif "," in name:
+        reason = "username contains a comma, which pgbouncer's admin_users/stats_users lists cannot represent"
+    elif name != name.strip():
+        reason = "username has leading or trailing whitespace"
+    if reason:
+        problems.add(path, reason)
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sections
+
+
+def _parse_remote(r: _Reader, raw: object, path: str) -> Remote | None:
+    table = r.table(raw, path)
+    if table is None:
+        return None
+    _unknown_keys(table, REMOTE_KEYS, path, r.problems)
+    values: dict[str, object] = {}
+    for key in REMOTE_KEYS:
+        if key not in table:
+            r.problems.add(key_path(path, key), "required key is missing")
+            continue
+        sub = key_path(path, key)
+        if key == "port":
+            values[key] = r.integer(table[key], sub, 1, 65535)
+        elif key == "password":
+            password = r.string(table[key], sub, secret=True)
+            if password is not None and len(password.encode()) > REMOTE_PASSWORD_MAX_BYTES:
+                r.problems.add(sub, f"password is longer than {REMOTE_PASSWORD_MAX_BYTES} bytes")
+                password = None
+            values[key] = password
+        else:
+            text = r.string(table[key], sub)
+            if text is not None and _has_control(text):
+                r.problems.add(sub, "contains a control character")
+                text = None
+            if text is not None and key in ("database", "username") and len(text.encode()) > NAME_MAX_BYTES:
+                r.problems.add(sub, f"longer than {NAME_MAX_BYTES} bytes")
+                text = None
+            values[key] = text
+    if any(values.get(k) is None for k in REMOTE_KEYS):
+        return None
+    return Remote(
+        host=cast(str, values["host"]),
+        port=cast(int, values["port"]),
+        database=cast(str, values["database"]),
+        username=cast(str, values["username"]),
+        password=cast(str, values["password"]),
+    )
+
+
+def _parse_pool(r: _Reader, name: str, raw: object, path: str) -> Pool | None:
+    name_ok = _check_pool_name(name, path, r.problems)
+    table = r.table(raw, path)
+    if table is None:
+        return None
+    if "replica" in table:
+        r.problems.add(
+            key_path(path, "replica"),
+            "autopg-pool documented [pools.<name>.replica] but it never had any effect; remove it "
+            "(declare the replica as its own pool instead)",
+        )
+    _unknown_keys({k: v for k, v in table.items() if k != "replica"}, POOL_KEYS, path, r.problems)
+    remote = None
+    if "remote" not in table:
+        r.problems.add(key_path(path, "remote"), "required table is missing")
+    else:
+        remote = _parse_remote(r, table["remote"], key_path(path, "remote"))
+    mode = None
+    if "pool_mode" in table:
+        mode = r.choice(table["pool_mode"], key_path(path, "pool_mode"), POOL_MODES)
+    sizes: dict[str, int | None] = {}
+    for key in ("pool_size", "min_pool_size", "reserve_pool_size", "max_db_connections"):
+        if key in table:
+            sizes[key] = r.integer(table[key], key_path(path, key), 0, SIZE_MAX)
+    if remote is None or not name_ok:
+        return None
+    return Pool(name=name, remote=remote, pool_mode=cast(PoolMode | None, mode), **sizes)
+
+
+def _parse_user(r: _Reader, raw: object, path: str, pool_names: set[str]) -> User | None:
+    table = r.table(raw, path)
+    if table is None:
+        return None
+    _unknown_keys(table, USER_KEYS, path, r.problems)
+    username = password = None
+    for key in ("username", "password", "grants"):
+        if key not in table:
+            r.problems.add(key_path(path, key), "required key is missing")
+    if "username" in table:
+        username = r.string(table["username"], key_path(path, "username"))
+        if username is not None and not _check_username(username, key_path(path, "username"), r.problems):
+            username = None
+    if "password" in table:
+        password = r.string(table["password"], key_path(path, "password"), secret=True)
+    grants: list[str] = []
+    if "grants" in table:
+        seen: set[str] = set()
+        for grant, grant_path in r.string_list(table["grants"], key_path(path, "grants")):
+            if grant in seen:
+                r.problems.add(grant_path, f"pool {_describe(grant)} is granted twice")
+            elif grant not in pool_names:
+                close = difflib.get_close_matches(grant, sorted(pool_names), n=1, cutoff=0.6)
+                hint = f', did you mean "{close[0]}"?' if close else ""
+                r.problems.add(grant_path, f"grant to unknown pool {_describe(grant)}{hint}")
+            else:
+                seen.add(grant)
+                grants.append(grant)
+    auth = mode = max_conn = None
+    if "auth_type" in table:
+        auth = r.choice(table["auth_type"], key_path(path, "auth_type"), AUTH_TYPES)
+    if "pool_mode" in table:
+        mode = r.choice(table["pool_mode"], key_path(path, "pool_mode"), POOL_MODES)
+    if "max_user_connections" in table:
+        max_conn = r.integer(
+            table["max_user_connections"], key_path(path, "max_user_connections"), 0, SIZE_MAX
+        )
+    if username is None or password is None:
+        return None
+    return User(
+        username=username,
+        password=password,
+        grants=tuple(sorted(grants)),
+        auth_type=cast(AuthType | None, auth),
+        pool_mode=cast(PoolMode | None, mode),
+        max_user_connections=max_conn,
+    )
+
+
+def _setting_value(r: _Reader, name: str, raw: object, path: str) -> str | None:
+    """Render one pgbouncer setting as the text written after ``name =``, checking it against its kind."""
+    kind = SETTINGS[name].kind
+    if name in LIST_SETTINGS and isinstance(raw, list):
+        items = [text for text, _ in r.string_list(raw, path)]
+        if len(items) != len(raw):
+            return None
+        bad = [i for i in items if "," in i or i != i.strip() or not i]
+        if bad:
+            r.problems.add(
+                path, f"list items must be non-empty names without commas, got {_describe(bad[0])}"
+            )
+            return None
+        return ", ".join(items)
+    if isinstance(kind, tuple):
+        return r.choice(raw, path, kind)
+    if kind == "int":
+        if isinstance(raw, bool):
+            return "1" if raw else "0"
+        number = r.integer(raw, path, 0, 2**31 - 1)
+        return None if number is None else str(number)
+    if kind == "seconds":
+        value: object = raw
+        if isinstance(raw, str):
+            text = expand(raw, path, r.env, r.problems).strip()
+            value = text
+            with contextlib.suppress(ValueError):
+                value = float(text) if "." in text else int(text)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+            r.problems.add(path, f"expected a number of seconds (0 or more), got {_describe(raw)}")
+            return None
+        return str(value) if isinstance(value, int) else format(value, "g")
+    # free text
+    if isinstance(raw, bool):
+        return "1" if raw else "0"
+    if isinstance(raw, int | float):
+        return str(raw)
+    text = r.string(raw, path, allow_empty=True)
+    if text is None:
+        return None
+    if text != text.strip():
+        r.problems.add(path, "value has leading or trailing whitespace, which pgbouncer would drop")
+        return None
+    if _has_control(text):
+        r.problems.add(path, "value contains a control character")
+        return None
+    return text
+
+
+def _parse_pgbouncer(
+    r: _Reader, raw: object, declared_users: set[str]
+) -> tuple[str, int, AuthType, tuple[str, ...], tuple[str, ...], dict[str, str]]:
+    settings: dict[str, str] = {k: str(d.value) for k, d in defaults.SETTINGS.items()}
+    listen_addr, listen_port = defaults.CLIENT_LISTEN_ADDR, defaults.CLIENT_LISTEN_PORT
+    auth: AuthType = cast(AuthType, defaults.AUTH_TYPE)
+    admins: list[str] = []
+    stats: list[str] = []
+    table = {} if raw is None else r.table(raw, "pgbouncer")
+    if table is None:
+        return listen_addr, listen_port, auth, (), (), settings
+
+    entries: list[tuple[str, object, str, bool]] = []  # (name, value, path, from passthrough)
+    for key, value in table.items():
+        path = key_path("pgbouncer", key)
+        if key == "passthrough_kwargs":
+            extra = r.table(value, path)
+            for pkey, pvalue in (extra or {}).items():
+                entries.append((pkey, pvalue, key_path(path, pkey), True))
+        else:
+            entries.append((key, value, path, False))
+
+    seen: dict[str, str] = {}
+    allowed_direct = sorted(set(MODELED_KEYS) | set(SETTINGS))
+    for key, value, path, passthrough in entries:
+        if key in seen:
+            r.problems.add(path, f"{key} is already set at {seen[key]}")
+            continue
+        seen[key] = path
+        if key in ("listen_addr", "listen_port", "auth_type", "admin_users", "stats_users") and passthrough:
+            r.problems.add(path, f"write this as [pgbouncer].{key}, which autopgpool interprets")
+        elif key == "listen_addr":
+            addr = r.string(value, path)
+            if addr is not None:
+                listen_addr = addr
+        elif key == "listen_port":
+            port = r.integer(value, path, 1, 65535)
+            if port is not None:
+                listen_port = port
+        elif key == "auth_type":
+            choice = r.choice(value, path, AUTH_TYPES)
+            if choice is not None:
+                auth = cast(AuthType, choice)
+        elif key in ("admin_users", "stats_users"):
+            names = admins if key == "admin_users" else stats
+            for name, item_path in r.string_list(value, path):
+                if name not in declared_users:
+                    r.problems.add(item_path, f"user {_describe(name)} is not declared in [[users]]")
+                elif name not in names:
+                    names.append(name)
+        elif key in DEPLOYMENT_OWNED:
+            r.problems.add(path, f"{key} cannot be set in autopgpool.toml: {DEPLOYMENT_OWNED[key]}")
+        elif key not in SETTINGS:
+            pool = allowed_direct if not passthrough else sorted(SETTINGS)
+            message = _unknown_message(key, pool)
+            r.problems.add(path, f"{message.replace('unknown key', 'unknown pgbouncer setting')}")
+        else:
+            text = _setting_value(r, key, value, path)
+            if text is not None:
+                if key in ("max_client_conn", "default_pool_size") and int(text) < 1:
+                    r.problems.add(path, f"expected an integer of at least 1, got {text}")
+                else:
+                    settings[key] = text
+    return listen_addr, listen_port, auth, tuple(sorted(admins)), tuple(sorted(stats)), settings
+
+
+# ---------------------------------------------------------------------------------------------------------
+# entry point
+
+
+def parse_config(toml_text: str, env: Mapping[str, str]) -> Config:
+    """Parse, expand secrets and validate; raise ConfigError listing every problem found."""
+    problems = Problems()
+    try:
+        data = tomllib.loads(toml_text)
+    except tomllib.TOMLDecodeError as exc:
+        problems.add("", f"TOML syntax error: {exc}")
+        problems.raise_if_any()
+        raise AssertionError("unreachable") from exc
+    r = _Reader(env, problems)
+    _unknown_keys(data, TOP_KEYS, "", problems)
+
+    pools: dict[str, Pool] = {}
+    pool_names: set[str] = set()
+    raw_pools = data.get("pools")
+    if raw_pools is None:
+        problems.add("pools", "required table is missing: declare at least one [pools.<name>]")
+    else:
+        pools_table = r.table(raw_pools, "pools")
+        if pools_table is not None and not pools_table:
+            problems.add("pools", "declare at least one [pools.<name>]")
+        for name, raw in (pools_table or {}).items():
+            pool_names.add(name)
+            pool = _parse_pool(r, name, raw, key_path("pools", name))
+            if pool is not None:
+                pools[name] = pool
+
+    users: dict[str, User] = {}
+    first_seen: dict[str, str] = {}
+    raw_users = data.get("users")
+    if raw_users is None:
+        problems.add("users", "required array is missing: declare at least one [[users]]")
+    elif not isinstance(raw_users, list):
+        problems.add("users", f"expected an array of tables ([[users]]), got {_type_name(raw_users)}")
+    else:
+        if not raw_users:
+            problems.add("users", "declare at least one [[users]]")
+        for i, raw in enumerate(raw_users):
+            path = f"users[{i}]"
+            user = _parse_user(r, raw, path, pool_names)
+            if user is None:
+                continue
+            if user.username in first_seen:
+                problems.add(
+                    f"{path}.username",
+                    f"duplicate username {_describe(user.username)}, first declared at "
+                    f"{first_seen[user.username]}",
+                )
+                continue
+            first_seen[user.username] = f"{path}.username"
+            users[user.username] = user
+
+    declared = set(first_seen)
+    # Users that failed other checks still count as declared, so one mistake is reported once.
+    if isinstance(raw_users, list):
+        for raw in raw_users:
+            if isinstance(raw, dict) and isinstance(raw.get("username"), str):
+                declared.add(raw["username"])
+    listen_addr, listen_port, auth, admins, stats, settings = _parse_pgbouncer(
+        r, data.get("pgbouncer"), declared
+    )
+
+    for pool in pools.values():
+        size = (
+            pool.pool_size if pool.pool_size is not None else _int_or_none(settings.get("default_pool_size"))
+        )
+        if pool.min_pool_size is not None and size is not None and pool.min_pool_size > size:
+            problems.add(
+                key_path(key_path("pools", pool.name), "min_pool_size"),
+                f"min_pool_size {pool.min_pool_size} is larger than the pool size {size}",
+            )
+
+    problems.raise_if_any()
+    return Config(
+        users=tuple(users[k] for k in sorted(users)),
+        pools=tuple(pools[k] for k in sorted(pools)),
+        listen_addr=listen_addr,
+        listen_port=listen_port,
+        auth_type=auth,
+        admin_users=admins,
+        stats_users=stats,
+        settings=dict(sorted(settings.items())),
+    )
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() else None

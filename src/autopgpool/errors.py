@@ -1,0 +1,51 @@
+"""The one error users see: a list of problems, each naming the key it is about."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One thing wrong with the configuration, e.g. ``pools.main.remote.port: expected an integer ...``."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` lists every reason found, in file order."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        count = len(self.problems)
+        header = f"invalid autopgpool configuration ({count} problem{'s' if count != 1 else ''}):"
+        return "\n".join([header, *(f"  - {p}" for p in self.problems)])
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Problems:
+    """Collects problems while a whole configuration is checked, then raises them all at once."""
+
+    def __init__(self) -> None:
+        self._items: list[Problem] = []
+
+    def add(self, path: str, message: str) -> None:
+        self._items.append(Problem(path, message))
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def raise_if_any(self) -> None:
+        if self._items:
+            raise ConfigError(self._items)
