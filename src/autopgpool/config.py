@@ -204,7 +204,10 @@ class _Reader:
         if not isinstance(value, str):
             self.problems.add(path, f"expected a string, got {_type_name(value)}")
             return None
+        before = len(self.problems)
         text = expand(value, path, self.env, self.problems)
+        if len(self.problems) > before:  # a missing variable or stray "$": already reported
+            return None
         if "\0" in text or "\n" in text or "\r" in text:
             what = "the value" if secret else "value"
             self.problems.add(
@@ -221,13 +224,15 @@ class _Reader:
         number: int | None = None
         if isinstance(value, int) and not isinstance(value, bool):
             number = value
-        elif isinstance(value, str):
+        shown = _describe(value)
+        if isinstance(value, str):
             text = expand(value, path, self.env, self.problems)
             if re.fullmatch(r"[0-9]+", text.strip()):
                 number = int(text.strip())
-            value = text
+            if text != value:  # from the environment: never echo it, it may be a secret in the wrong place
+                shown = f"the value of {_describe(value)}"
         if number is None or not low <= number <= high:
-            self.problems.add(path, f"expected an integer from {low} to {high}, got {_describe(value)}")
+            self.problems.add(path, f"expected an integer from {low} to {high}, got {shown}")
             return None
         return number
 
@@ -453,9 +458,13 @@ def _setting_value(r: _Reader, name: str, raw: object, path: str) -> str | None:
         return "1" if raw else "0"
     if isinstance(raw, int | float):
         return str(raw)
-    text = r.string(raw, path, allow_empty=True)
-    if text is None:
+    free = r.string(raw, path, allow_empty=True)
+    if free is None:
         return None
+    return _free_text(r, free, path)
+
+
+def _free_text(r: _Reader, text: str, path: str) -> str | None:
     if text != text.strip():
         r.problems.add(path, "value has leading or trailing whitespace, which pgbouncer would drop")
         return None

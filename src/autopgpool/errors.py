@@ -43,8 +43,8 @@ class Problems:
     def add(self, path: str, message: str) -> None:
         self._items.append(Problem(path, message))
 
-    def __bool__(self) -> bool:
-        return bool(self._items)
+    def __len__(self) -> int:
+        return len(self._items)
 
     def raise_if_any(self) -> None:
         if self._items:

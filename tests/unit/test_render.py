@@ -1,0 +1,131 @@
+import re
+from pathlib import Path
+
+from autopgpool import backends, render_files, summarize
+from autopgpool.hashing import md5_verifier, scram_matches
+from autopgpool.render import connstr_value, ini_key, parse_userlist
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).parent / "fixtures"
+DEMO_ENV = {
+    k: v
+    for k, v in (
+        line.split("=", 1)
+        for line in (ROOT / "examples/demo.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+}
+EXAMPLE = (ROOT / "examples/autopgpool.toml").read_text()
+
+
+def test_connstring_and_key_quoting() -> None:
+    assert connstr_value("app_db") == "app_db"
+    assert connstr_value("my db") == "'my db'"
+    assert connstr_value("it's\\x") == "'it''s\\x'"
+    assert ini_key("app.v2-x") == "app.v2-x"
+    assert ini_key("my db") == "'my db'"
+
+
+def test_example_renders_expected_files() -> None:
+    files = render_files(EXAMPLE, DEMO_ENV, salt_key="k")
+    ini = files["pgbouncer.ini"]
+    assert (
+        "app = host=pg1 port=5432 dbname=app_db user=app_owner password=demo-app-owner-pw pool_size=20 "
+        "reserve_pool_size=5 pool_mode=transaction" in ini
+    )
+    assert "auth_type = hba\n" in ini
+    assert "auth_file = /etc/pgbouncer/userlist.txt\n" in ini
+    assert "auth_hba_file = /etc/pgbouncer/pgbouncer_hba.conf\n" in ini
+    assert "admin_users = admin\n" in ini and "stats_users = stats\n" in ini
+    for per_instance in ("listen_port", "listen_addr", "unix_socket_dir", "pidfile", "peer_id", "logfile", "[peers]"):
+        assert per_instance not in ini.split(";; its own")[1].split("\n", 1)[1]
+    users = parse_userlist(files["userlist.txt"])
+    assert users["report_user"] == md5_verifier("report_user", "demo-report-user-pw")
+    assert scram_matches(users["app_user"], "demo-app-user-pw")
+    hba = files["pgbouncer_hba.conf"].splitlines()
+    assert 'host "app","reporting" "both_user" all scram-sha-256' in hba
+    assert 'host "reporting" "report_user" all md5' in hba
+    assert 'host pgbouncer "admin" all scram-sha-256' in hba
+    assert hba[-2:] == ["local all all reject", "host all all all reject"]
+
+
+def test_settings_sorted_and_overrides_win() -> None:
+    files = render_files((FIXTURES / "autopg_example.toml").read_text(), {})
+    section = files["pgbouncer.ini"].split("[pgbouncer]\n")[1].split("\n\n")[0].splitlines()
+    assert section == sorted(section)
+    assert "ignore_startup_parameters = extra_float_digits, search_path" in section
+    assert "max_prepared_statements = 25" in section
+    assert "server_check_query = select 1" in section
+    assert "server_check_delay = 30" in section
+
+
+def test_userlist_escapes_double_quotes() -> None:
+    toml = (FIXTURES / "env_minimal.toml").read_text().replace('username = "svc"', 'username = "sv\\"c"')
+    toml = toml.replace('grants = ["orders"]', 'grants = ["orders"]\nauth_type = "md5"')
+    files = render_files(toml, {"SVC_PASSWORD": "x", "ORDERS_DB_PASSWORD": "y"})
+    assert files["userlist.txt"].startswith('"sv""c" "md5')
+    assert '"orders" "sv""c" all md5' in files["pgbouncer_hba.conf"]
+    assert parse_userlist(files["userlist.txt"]).keys() == {'sv"c'}
+
+
+def test_determinism_with_salt_key_and_previous_userlist() -> None:
+    a = render_files(EXAMPLE, DEMO_ENV, salt_key="k", config_dir="/etc/pgb")
+    assert a == render_files(EXAMPLE, DEMO_ENV, salt_key="k", config_dir="/etc/pgb")
+    b = render_files(EXAMPLE, DEMO_ENV)  # random salts
+    c = render_files(EXAMPLE, DEMO_ENV, previous_userlist=b["userlist.txt"])
+    assert c == b
+    assert render_files(EXAMPLE, DEMO_ENV)["userlist.txt"] != b["userlist.txt"]
+    # a changed password gets a new verifier even when the previous file is given
+    env = {**DEMO_ENV, "APP_USER_PASSWORD": "changed"}
+    d = render_files(EXAMPLE, env, previous_userlist=b["userlist.txt"])
+    assert parse_userlist(d["userlist.txt"])["app_user"] != parse_userlist(b["userlist.txt"])["app_user"]
+    assert parse_userlist(d["userlist.txt"])["both_user"] == parse_userlist(b["userlist.txt"])["both_user"]
+
+
+def test_summary_has_no_secrets_and_documented_numbers() -> None:
+    info = summarize(EXAMPLE, DEMO_ENV)
+    assert info["listen_addr"] == "0.0.0.0" and info["listen_port"] == 6432
+    assert info["pools"]["app"] == {
+        "host": "pg1",
+        "port": 5432,
+        "database": "app_db",
+        "username": "app_owner",
+        "pool_size": 20,
+        "reserve_pool_size": 5,
+        "pool_mode": "transaction",
+    }
+    assert info["pools"]["reporting"]["pool_mode"] == "session"
+    assert info["users"] == ["admin", "app_user", "both_user", "report_user", "stats"]
+    # 500 clients + (20 + 5) + (5 + 0) + margin 100
+    assert info["file_descriptor_limit"] == 500 + 25 + 5 + 100
+    assert info["restart_settings"] == {}
+    assert not any(v in repr(info) for v in DEMO_ENV.values())
+
+
+def test_fd_limit_caps_by_max_db_connections_and_restart_settings() -> None:
+    env = {"WEB_PW": "a", "OPS_PW": "b", "SHOP_PW": "c", "SEARCH_PW": "d"}
+    info = summarize((FIXTURES / "many_pools.toml").read_text(), env)
+    # 100 clients + min(30, 40) + 10 + 10 + 100
+    assert info["file_descriptor_limit"] == 100 + 30 + 10 + 10 + 100
+    assert info["restart_settings"] == {"listen_backlog": "512"}
+    files = render_files((FIXTURES / "many_pools.toml").read_text(), env)
+    assert "search = host=10.1.0.11 port=5432 dbname='search index' user=search password=d" in files["pgbouncer.ini"]
+    assert "\n[users]\nbatch = pool_mode=session\nweb = max_user_connections=50\n" in files["pgbouncer.ini"]
+    assert "log_stats = 0\n" in files["pgbouncer.ini"] and "query_wait_timeout = 15.5\n" in files["pgbouncer.ini"]
+
+
+def test_backends_distinct() -> None:
+    env = {"WEB_PW": "a", "OPS_PW": "b", "SHOP_PW": "c", "SEARCH_PW": "d"}
+    result = backends((FIXTURES / "many_pools.toml").read_text(), env)
+    assert [(b["host"], b["database"], b["username"]) for b in result] == [
+        ("10.1.0.10", "shop", "shop_app"),
+        ("10.1.0.11", "search index", "search"),
+        ("10.1.0.11", "shop", "shop_app"),
+    ]
+
+
+def test_literal_dollar_in_fixture() -> None:
+    env = {"WEB_PW": "a", "OPS_PW": "b", "SHOP_PW": "c", "SEARCH_PW": "d"}
+    files = render_files((FIXTURES / "many_pools.toml").read_text(), env, salt_key=b"k")
+    assert scram_matches(parse_userlist(files["userlist.txt"])["batch"], "batch-${literal}")
+    assert re.search(r"^\"ops\" \"SCRAM-SHA-256\$4096:", files["userlist.txt"], re.M)
