@@ -28,6 +28,8 @@ apt-get clean
 _SETUP_SCRIPT = r"""
 set -eu
 systemctl enable systemd-networkd.service ssh.service
+# Reads the kernel command line for network config; useless in a container and seen failing at boot.
+systemctl mask systemd-network-generator.service
 # PostgreSQL runs only where the lab_postgres role enables it; poolers keep their memory.
 systemctl disable postgresql.service
 if systemctl list-unit-files systemd-resolved.service >/dev/null 2>&1; then
@@ -115,4 +117,15 @@ def build_image(suite: str, *, force: bool = False) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     print(f"image built in {elapsed}s: {final}")
+    _prune_old_images(suite, keep=final)
     return final
+
+
+def _prune_old_images(suite: str, keep: Path) -> None:
+    """Remove superseded images of the suite unless a machine still uses one as its lower layer."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        mountinfo = fh.read()
+    for old in config.IMAGE_CACHE_DIR.glob(f"{suite}-*"):
+        if old != keep and is_cached(old) and f"lowerdir={old}," not in mountinfo:
+            print(f"removing superseded image {old}")
+            shutil.rmtree(old)

@@ -25,7 +25,6 @@ from .system import (
     all_pids,
     children,
     mounts_under,
-    process_root,
     read_cmdline,
     run,
     unmount_all_under,
@@ -95,13 +94,23 @@ def nspawn_pids(unit_name: str | None = None) -> list[int]:
     return found
 
 
-def processes_in(root: Path) -> list[int]:
-    """Processes whose root directory is inside root: a container left behind by a killed nspawn."""
-    prefix = str(root)
+MARKER_ENV = "AUTOPGPOOL_LAB_MACHINE"
+
+
+def container_processes(name: str) -> list[int]:
+    """Processes of a machine's container, found by the marker nspawn puts in its init's environment.
+
+    /proc/<pid>/root cannot tell (it reads "/" from another mount namespace), and a container whose
+    nspawn was SIGKILLed keeps running, reparented to the host's init.
+    """
+    marker = f"{MARKER_ENV}={name}".encode()
     out = []
     for pid in all_pids():
-        proc_root = process_root(pid)
-        if proc_root and (proc_root == prefix or proc_root.startswith(prefix + "/")) and alive(pid):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker in env.split(b"\0") and alive(pid):
             out.append(pid)
     return out
 
@@ -215,14 +224,33 @@ def stop_machines(names: Sequence[str], paths: Paths) -> None:
             _signal(pid, signal.SIGKILL)
         _wait_gone(flat, 10)
     for name in names:
-        root = machine_root(name)
-        leftovers = processes_in(root)
+        leftovers = container_processes(name)
         for pid in leftovers:
             _signal(pid, signal.SIGKILL)
         if leftovers and not _wait_gone(leftovers, 10):
-            raise LabError(f"{name}: processes still running inside {root}: {leftovers}")
+            raise LabError(f"{name}: container processes survived SIGKILL: {leftovers}")
+        _clean_nspawn_leftovers(config.MACHINE_PREFIX + name)
         clean_machine_dir(name)
         paths.pidfile(name).unlink(missing_ok=True)
+    _wait_reaped([p for plist in pids.values() for p in plist], 5)
+
+
+def _wait_reaped(pids: Sequence[int], timeout: float) -> None:
+    """Give init a moment to reap exited nspawn processes so no trace is left in the process table."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.1)
+
+
+def _clean_nspawn_leftovers(unit_name: str) -> None:
+    """What a killed nspawn leaves on the host: its veth and its mount-propagation dir."""
+    veth = ("vb-" + unit_name)[:15]
+    if veth in lab_veths():
+        run(["ip", "link", "del", veth], check=False, quiet=True)
+    propagate = Path("/run/systemd/nspawn/propagate") / unit_name
+    if propagate.exists():
+        unmount_all_under(propagate)
+        shutil.rmtree(propagate, ignore_errors=True)
 
 
 def clean_machine_dir(name: str) -> None:
@@ -284,7 +312,8 @@ def start_machine(machine: Machine, paths: Paths) -> int:
         "systemd-nspawn", "--boot", "-D", str(machine_root(machine.name)),
         "--register=no", "--keep-unit",
         f"--network-bridge={config.BRIDGE}", f"--machine={machine.unit_name}",
-        f"--hostname={machine.name}", "--console=read-only", "--link-journal=no",
+        f"--hostname={machine.name}", f"--setenv={MARKER_ENV}={machine.name}",
+        "--console=read-only", "--link-journal=no",
         "--resolv-conf=off", "--timezone=off", "--kill-signal=SIGRTMIN+4",
     ]
     with open(log_path, "ab") as log:

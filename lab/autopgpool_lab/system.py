@@ -87,14 +87,6 @@ def children(pid: int) -> list[int]:
     return kids
 
 
-def process_root(pid: int) -> str | None:
-    """The root directory of a process as the host sees it, or None."""
-    try:
-        return os.readlink(f"/proc/{pid}/root")
-    except OSError:
-        return None
-
-
 def alive(pid: int) -> bool:
     """True if the pid exists and is not a zombie."""
     try:
