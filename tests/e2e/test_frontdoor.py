@@ -1,0 +1,122 @@
+"""HAProxy as operators see it: health checks that notice dead and hung instances, root-only admin socket,
+loopback-only metrics, a hardened unit, and reloads that keep established sessions."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import psycopg
+import pytest
+
+from .stack import Host, example_config, poolers
+
+pytestmark = pytest.mark.e2e
+
+try:
+    POOLERS = poolers()
+except AssertionError:  # lab down: test_clients.test_the_lab_is_up fails loudly
+    POOLERS = []
+
+
+def _server_states(host: Host) -> dict[str, str]:
+    out = host.run("echo 'show stat' | socat stdio /run/haproxy/admin.sock")
+    states = {}
+    for line in out.splitlines():
+        fields = line.split(",")
+        if len(fields) > 17 and fields[0] == "pgbouncer_instances" and fields[1].startswith("pgbouncer"):
+            states[fields[1]] = fields[17]
+    return states
+
+
+def _wait_for_state(host: Host, server: str, wanted: str, limit: float) -> float:
+    """Seconds until HAProxy reports `server` in state `wanted`; fails after `limit` seconds."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if _server_states(host).get(server) == wanted:
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"{host.name}: {server} not {wanted} after {limit}s: {_server_states(host)}")
+
+
+def _query(host: Host) -> int:
+    user = next(u for u in example_config().users if u.username == "app_user")
+    with psycopg.connect(
+        host=host.address, port=example_config().listen_port, user=user.username, password=user.password,
+        dbname="app", connect_timeout=5,
+    ) as conn:  # fmt: skip
+        row = conn.execute("SELECT 1").fetchone()
+    assert row is not None
+    return int(row[0])  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("host", POOLERS, ids=lambda h: h.name)
+def test_all_instances_are_in_rotation(host: Host) -> None:
+    states = _server_states(host)
+    assert len(states) >= 2
+    assert set(states.values()) == {"UP"}, states
+
+
+@pytest.mark.parametrize("host", POOLERS[:1], ids=lambda h: h.name)
+def test_stopped_instance_leaves_rotation_within_3s_and_returns(host: Host) -> None:
+    host.run("systemctl stop pgbouncer@1.service")
+    try:
+        down_after = _wait_for_state(host, "pgbouncer1", "DOWN", 3.0)
+        print(f"{host.name}: stopped instance DOWN after {down_after:.1f}s")
+        assert all(_query(host) == 1 for _ in range(10))  # the other instances serve every client
+    finally:
+        host.run("systemctl start pgbouncer@1.service")
+    up_after = _wait_for_state(host, "pgbouncer1", "UP", 10.0)
+    print(f"{host.name}: restarted instance UP after {up_after:.1f}s")
+
+
+@pytest.mark.parametrize("host", POOLERS[:1], ids=lambda h: h.name)
+def test_hung_instance_leaves_rotation_within_3s_and_returns(host: Host) -> None:
+    """A hung process still accepts connections (the kernel queues them): only a protocol check sees it."""
+    pid = host.run("systemctl show -P MainPID pgbouncer@2.service").strip()
+    assert pid not in ("", "0")
+    host.run(f"kill -STOP {pid}")
+    try:
+        down_after = _wait_for_state(host, "pgbouncer2", "DOWN", 3.0)
+        print(f"{host.name}: hung instance DOWN after {down_after:.1f}s")
+        assert all(_query(host) == 1 for _ in range(10))
+    finally:
+        host.run(f"kill -CONT {pid}")
+    _wait_for_state(host, "pgbouncer2", "UP", 10.0)
+
+
+@pytest.mark.parametrize("host", POOLERS, ids=lambda h: h.name)
+def test_admin_socket_is_root_only(host: Host) -> None:
+    assert host.run("stat -c '%U %G %a' /run/haproxy/admin.sock").split() == ["root", "root", "600"]
+
+
+@pytest.mark.parametrize("host", POOLERS, ids=lambda h: h.name)
+def test_metrics_on_loopback_only(host: Host) -> None:
+    metrics = host.run("curl -fsS http://127.0.0.1:8404/metrics || python3 -c \"import urllib.request as u;"
+                       "print(u.urlopen('http://127.0.0.1:8404/metrics').read().decode())\"")  # fmt: skip
+    assert "haproxy_backend_active_servers" in metrics
+    listening = host.run("ss -Hltn 'sport = :8404'")
+    assert "127.0.0.1:8404" in listening, listening
+    assert "0.0.0.0" not in listening, listening
+
+
+@pytest.mark.parametrize("host", POOLERS, ids=lambda h: h.name)
+def test_haproxy_unit_is_hardened(host: Host) -> None:
+    out = host.run("systemd-analyze security --no-pager haproxy.service | tail -1")
+    exposure = float(re.search(r"exposure level[^:]*:\s*([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    print(f"{host.name}: haproxy.service exposure {exposure}")
+    assert exposure <= 2.0, out
+
+
+@pytest.mark.parametrize("host", POOLERS[:1], ids=lambda h: h.name)
+def test_haproxy_reload_keeps_established_sessions(host: Host) -> None:
+    user = next(u for u in example_config().users if u.username == "app_user")
+    with psycopg.connect(
+        host=host.address, port=example_config().listen_port, user=user.username, password=user.password,
+        dbname="app", connect_timeout=5, autocommit=True,
+    ) as conn:  # fmt: skip
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        host.run("systemctl reload haproxy.service")
+        time.sleep(1)
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+    assert _query(host) == 1
