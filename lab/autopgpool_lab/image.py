@@ -82,6 +82,7 @@ def build_image(suite: str, *, force: bool = False) -> Path:
     final = config.image_path(suite)
     if is_cached(final) and not force:
         print(f"image cached: {final}")
+        _prune_old_images(suite, keep=final)
         return final
     if os.geteuid() != 0:
         raise LabError("building the image needs root (debootstrap, mounts)")

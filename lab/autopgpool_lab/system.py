@@ -35,13 +35,16 @@ def run(cmd: Sequence[str | Path], *, check: bool = True, capture: bool = False,
     return proc
 
 
-def mounts_under(path: Path) -> list[Path]:
+def mounts_under(path: Path, mountinfo: str | None = None) -> list[Path]:
     """Mount points at or below path, deepest first (so they can be unmounted in order)."""
     prefix = str(path).rstrip("/")
+    if mountinfo is None:
+        mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8")
     found: list[Path] = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-        for line in fh:
-            point = line.split()[4].replace("\\040", " ")
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4:
+            point = fields[4].replace("\\040", " ")
             if point == prefix or point.startswith(prefix + "/"):
                 found.append(Path(point))
     return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
