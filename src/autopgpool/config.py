@@ -16,6 +16,11 @@ What can be represented (derived from pgbouncer 1.25.2's parsers, see docs/confi
   comma, no leading or trailing whitespace. Double quotes are fine (doubled in userlist and hba).
 * Remote connection values are written as pgbouncer connection-string values, quoted with ``'...'`` and ``''``
   for a quote; backslashes are literal there, so any printable text works.
+* Remote (backend) passwords are written to userlist.txt in plain text, not into ``[databases]`` (see
+  render.py for the pgbouncer bug this works around). userlist.txt holds one password per username, so a
+  backend username used by several pools, or also declared in ``[[users]]``, must have one password
+  everywhere; and pgbouncer stops reading userlist.txt at a password field of 2048 bytes or more as written
+  (each ``"`` doubled).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ PoolMode = Literal["session", "transaction", "statement"]
 AuthType = Literal["scram-sha-256", "md5"]
 AUTH_TYPES: tuple[AuthType, ...] = ("scram-sha-256", "md5")
 NAME_MAX_BYTES = 63
-REMOTE_PASSWORD_MAX_BYTES = 2047  # pgbouncer's MAX_PASSWORD minus the terminating NUL
+REMOTE_PASSWORD_MAX_BYTES = 2047  # pgbouncer's MAX_PASSWORD minus the NUL, counted as written (" doubled)
 SIZE_MAX = 100_000
 CLIENT_CONN_MAX = 1_000_000
 
@@ -319,8 +324,15 @@ def _parse_remote(r: _Reader, raw: object, path: str) -> Remote | None:
             values[key] = r.integer(table[key], sub, 1, 65535)
         elif key == "password":
             password = r.string(table[key], sub, secret=True)
-            if password is not None and len(password.encode()) > REMOTE_PASSWORD_MAX_BYTES:
-                r.problems.add(sub, f"password is longer than {REMOTE_PASSWORD_MAX_BYTES} bytes")
+            # pgbouncer measures the quoted field of userlist.txt, and a longer one makes it stop reading
+            # the file: every user after it would be unknown.
+            written = len(password.replace('"', '""').encode()) if password is not None else 0
+            if written > REMOTE_PASSWORD_MAX_BYTES:
+                r.problems.add(
+                    sub,
+                    f"password is longer than {REMOTE_PASSWORD_MAX_BYTES} bytes as written to userlist.txt "
+                    '(each " counts twice)',
+                )
                 password = None
             values[key] = password
         else:
@@ -596,6 +608,8 @@ def parse_config(toml_text: str, env: Mapping[str, str]) -> Config:
             first_seen[user.username] = f"{path}.username"
             users[user.username] = user
 
+    _check_backend_users(pools, users, first_seen, problems)
+
     declared = set(first_seen)
     # Users that failed other checks still count as declared, so one mistake is reported once.
     if isinstance(raw_users, list):
@@ -627,6 +641,41 @@ def parse_config(toml_text: str, env: Mapping[str, str]) -> Config:
         stats_users=stats,
         settings=dict(sorted(settings.items())),
     )
+
+
+def _check_backend_users(
+    pools: Mapping[str, Pool], users: Mapping[str, User], user_paths: Mapping[str, str], problems: Problems
+) -> None:
+    """userlist.txt keeps one password per name: every use of a backend username must agree on it.
+
+    Only the key paths are named, never the values: they are secrets.
+    """
+    first_pool: dict[str, str] = {}  # backend username -> path of the first pool's remote table
+    passwords: dict[str, str] = {}
+    for pool in pools.values():
+        remote = pool.remote
+        path = key_path(key_path("pools", pool.name), "remote")
+        name = remote.username
+        if name in first_pool:
+            if passwords[name] != remote.password:
+                problems.add(
+                    key_path(path, "password"),
+                    f"backend user {_describe(name)} is also used by {first_pool[name]} with a different "
+                    f"password; pgbouncer keeps one password per user in userlist.txt, so "
+                    f"{key_path(first_pool[name], 'password')} and {key_path(path, 'password')} must be equal",
+                )
+            continue
+        first_pool[name] = path
+        passwords[name] = remote.password
+        user = users.get(name)
+        if user is not None and user.password != remote.password:
+            user_path = user_paths[name].removesuffix(".username")
+            problems.add(
+                key_path(path, "password"),
+                f"backend user {_describe(name)} is also declared as a client at {user_paths[name]} with a "
+                f"different password; pgbouncer keeps one password per user in userlist.txt, so "
+                f"{user_path}.password and {key_path(path, 'password')} must be equal",
+            )
 
 
 def _int_or_none(text: str | None) -> int | None:

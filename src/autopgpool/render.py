@@ -3,8 +3,23 @@
 * ``pgbouncer.ini``: the part shared by every instance on a host. Each instance's own ``instance-N.ini``
   (written by the Ansible role) starts with ``%include <config_dir>/pgbouncer.ini`` and then sets
   listen_addr/listen_port/unix_socket_dir/pidfile/logfile/peer_id and ``[peers]``.
-* ``userlist.txt``: ``"user" "verifier"`` per user, MD5 or SCRAM-SHA-256 per the user's auth type.
+* ``userlist.txt``: ``"user" "verifier"`` per client user, MD5 or SCRAM-SHA-256 per the user's auth type, and
+  ``"user" "plain password"`` per backend (remote) user, sorted by username.
 * ``pgbouncer_hba.conf``: every user reaches only its granted pools; admin/stats users reach ``pgbouncer``.
+  Backend users get no line, so the reject-all tail refuses them as clients.
+
+Backend passwords and pgbouncer 1.25.2
+--------------------------------------
+The obvious place for a backend password is ``[databases] app = ... user=app_owner password=...``. In
+pgbouncer up to 1.25.2 that breaks SCRAM: after a client finishes SCRAM authentication, pgbouncer copies the
+client's SCRAM keys into the pool's credentials, which for a database with ``user=`` are the forced user's,
+and marks them for pass-through; the next server login then answers PostgreSQL's SCRAM challenge with the
+client's keys and fails with "password authentication failed for user app_owner"
+(https://github.com/pgbouncer/pgbouncer/issues/1461 and /issues/1610, fixed upstream by pull request 1612
+after 1.25.2). With ``user=`` but no ``password=``, pgbouncer takes the forced user's password from
+auth_file instead (proto.c ``get_srv_psw``), an entry client logins never modify, so backend SCRAM works.
+Hence: no ``password=`` in ``[databases]``; the backend user's plain password goes to userlist.txt, and
+pgbouncer_hba.conf keeps that user out as a client. Once the fleet runs a fixed pgbouncer this can go back.
 """
 
 from __future__ import annotations
@@ -63,8 +78,8 @@ def render_ini(config: Config, *, config_dir: str = DEFAULT_CONFIG_DIR) -> str:
             f"host={connstr_value(r.host)}",
             f"port={r.port}",
             f"dbname={connstr_value(r.database)}",
+            # No password=: it goes to userlist.txt (pgbouncer issue 1461, see the module docstring).
             f"user={connstr_value(r.username)}",
-            f"password={connstr_value(r.password)}",
         ]
         for key in ("pool_size", "min_pool_size", "reserve_pool_size", "max_db_connections"):
             value = getattr(pool, key)
@@ -113,15 +128,25 @@ def render_userlist(
     config: Config, *, salt_key: bytes | None = None, previous_userlist: str | None = None
 ) -> str:
     previous = parse_userlist(previous_userlist)
-    lines = []
+    # Backend users in plain text: pgbouncer must compute SCRAM proofs for PostgreSQL from the password itself
+    # (the workaround in the module docstring). Validation guarantees one password per name, so a client
+    # user with the same name shares this line; pgbouncer accepts a plain password for md5 and SCRAM clients.
+    entries: dict[str, str] = {pool.remote.username: pool.remote.password for pool in config.pools}
     for user in config.users:
+        if user.username in entries:
+            continue
         if config.user_auth_type(user) == "md5":
-            secret = md5_verifier(user.username, user.password)
+            entries[user.username] = md5_verifier(user.username, user.password)
         else:
-            secret = choose_scram_verifier(
+            entries[user.username] = choose_scram_verifier(
                 user.username, user.password, salt_key=salt_key, previous=previous.get(user.username)
             )
-        lines.append(f"{dq(user.username)} {dq(secret)}")
+    lines = [
+        f";; {HEADER}",
+        ";; Client users have MD5 or SCRAM verifiers. Lines with a plain password are the backend users",
+        ";; pgbouncer logs in to PostgreSQL as; clients cannot log in as them unless [[users]] declares them.",
+    ]
+    lines += [f"{dq(name)} {dq(secret)}" for name, secret in sorted(entries.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -142,7 +167,8 @@ def render_hba(config: Config) -> str:
         f"# {HEADER}",
         "# Each user reaches only the pools granted to it; admin and stats users also reach the pgbouncer",
         "# console. Peer addresses are not filtered here: pgbouncer only sees HAProxy or loopback, and",
-        "# address allow-lists live in HAProxy.",
+        "# address allow-lists live in HAProxy. Backend users (userlist.txt lines with a plain password) are",
+        "# not listed unless also declared in [[users]], so they cannot log in as clients.",
         "# TYPE  DATABASE  USER  ADDRESS  METHOD",
     ]
     lines += [" ".join(part for part in row if part) for row in rows]

@@ -30,9 +30,11 @@ def test_example_renders_expected_files() -> None:
     files = render_files(EXAMPLE, DEMO_ENV, salt_key="k")
     ini = files["pgbouncer.ini"]
     assert (
-        "app = host=pg1 port=5432 dbname=app_db user=app_owner password=demo-app-owner-pw pool_size=20 "
+        "app = host=pg1 port=5432 dbname=app_db user=app_owner pool_size=20 "
         "reserve_pool_size=5 pool_mode=transaction" in ini
     )
+    assert "password" not in ini.split("[databases]")[1].split("[pgbouncer]")[0]
+    assert not any(v in ini for v in DEMO_ENV.values())
     assert "auth_type = hba\n" in ini
     assert "auth_file = /etc/pgbouncer/userlist.txt\n" in ini
     assert "auth_hba_file = /etc/pgbouncer/pgbouncer_hba.conf\n" in ini
@@ -42,11 +44,18 @@ def test_example_renders_expected_files() -> None:
     users = parse_userlist(files["userlist.txt"])
     assert users["report_user"] == md5_verifier("report_user", "demo-report-user-pw")
     assert scram_matches(users["app_user"], "demo-app-user-pw")
+    # backend users in plain text (pgbouncer issue 1461 workaround), sorted in among the client users
+    assert users["app_owner"] == "demo-app-owner-pw"
+    assert users["reporting_owner"] == "demo-reporting-owner-pw"
+    assert list(users) == sorted(users)
     hba = files["pgbouncer_hba.conf"].splitlines()
     assert 'host "app","reporting" "both_user" all scram-sha-256' in hba
     assert 'host "reporting" "report_user" all md5' in hba
     assert 'host pgbouncer "admin" all scram-sha-256' in hba
     assert hba[-2:] == ["local all all reject", "host all all all reject"]
+    # backend-only users get no hba line: the reject-all tail refuses them as clients
+    rules = [line for line in hba if line and not line.startswith("#")]
+    assert not any("owner" in line for line in rules)
 
 
 def test_settings_sorted_and_overrides_win() -> None:
@@ -63,9 +72,9 @@ def test_userlist_escapes_double_quotes() -> None:
     toml = (FIXTURES / "env_minimal.toml").read_text().replace('username = "svc"', 'username = "sv\\"c"')
     toml = toml.replace('grants = ["orders"]', 'grants = ["orders"]\nauth_type = "md5"')
     files = render_files(toml, {"SVC_PASSWORD": "x", "ORDERS_DB_PASSWORD": "y"})
-    assert files["userlist.txt"].startswith('"sv""c" "md5')
+    assert '\n"sv""c" "md5' in files["userlist.txt"]
     assert '"orders" "sv""c" all md5' in files["pgbouncer_hba.conf"]
-    assert parse_userlist(files["userlist.txt"]).keys() == {'sv"c'}
+    assert parse_userlist(files["userlist.txt"]).keys() == {"orders_rw", 'sv"c'}
 
 
 def test_determinism_with_salt_key_and_previous_userlist() -> None:
@@ -109,7 +118,8 @@ def test_fd_limit_caps_by_max_db_connections_and_restart_settings() -> None:
     assert info["file_descriptor_limit"] == 100 + 30 + 10 + 10 + 100
     assert info["restart_settings"] == {"listen_backlog": "512"}
     files = render_files((FIXTURES / "many_pools.toml").read_text(), env)
-    assert "search = host=10.1.0.11 port=5432 dbname='search index' user=search password=d" in files["pgbouncer.ini"]
+    assert "search = host=10.1.0.11 port=5432 dbname='search index' user=search\n" in files["pgbouncer.ini"]
+    assert parse_userlist(files["userlist.txt"])["search"] == "d"
     assert "\n[users]\nbatch = pool_mode=session\nweb = max_user_connections=50\n" in files["pgbouncer.ini"]
     assert "log_stats = 0\n" in files["pgbouncer.ini"] and "query_wait_timeout = 15.5\n" in files["pgbouncer.ini"]
 
@@ -129,3 +139,21 @@ def test_literal_dollar_in_fixture() -> None:
     files = render_files((FIXTURES / "many_pools.toml").read_text(), env, salt_key=b"k")
     assert scram_matches(parse_userlist(files["userlist.txt"])["batch"], "batch-${literal}")
     assert re.search(r"^\"ops\" \"SCRAM-SHA-256\$4096:", files["userlist.txt"], re.M)
+
+
+def test_backend_user_shared_with_client_user_gets_one_plain_line() -> None:
+    toml = '[[users]]\nusername = "app_owner"\npassword = "$APP_DB_PASSWORD"\ngrants = ["app"]\n' + EXAMPLE
+    files = render_files(toml, DEMO_ENV, salt_key="k")
+    lines = [line for line in files["userlist.txt"].splitlines() if line.startswith('"app_owner"')]
+    assert lines == ['"app_owner" "demo-app-owner-pw"']
+    assert 'host "app" "app_owner" all scram-sha-256' in files["pgbouncer_hba.conf"].splitlines()
+
+
+def test_userlist_is_byte_stable_and_commented() -> None:
+    a = render_files(EXAMPLE, DEMO_ENV, salt_key="k")["userlist.txt"]
+    assert a == render_files(EXAMPLE, DEMO_ENV, salt_key="k")["userlist.txt"]
+    assert a.startswith(";; Rendered by autopgpool")
+    names = [line.split('"')[1] for line in a.splitlines() if line.startswith('"')]
+    assert names == sorted(names) == [
+        "admin", "app_owner", "app_user", "both_user", "report_user", "reporting_owner", "stats"
+    ]  # fmt: skip

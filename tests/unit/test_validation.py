@@ -177,3 +177,35 @@ def test_all_problems_at_once() -> None:
     toml = BASE_USER.replace('["main"]', '["nope"]') + BASE_POOL.replace("5432", "0")
     toml += '[pgbouncer]\npool_mode = "x"\n'
     assert len(problems(toml)) == 3
+
+
+def test_backend_user_shared_with_client_needs_same_password() -> None:
+    toml = BASE_USER.replace('username = "u"', 'username = "r"') + BASE_POOL
+    assert problems(toml.replace('password = "pw"', 'password = "$CLIENT_PW"'), {"CLIENT_PW": "other"}) == [
+        'pools.main.remote.password: backend user "r" is also declared as a client at users[0].username '
+        "with a different password; pgbouncer keeps one password per user in userlist.txt, so "
+        "users[0].password and pools.main.remote.password must be equal"
+    ]
+    validate(toml.replace('password = "pw"', 'password = "rpw"'), {})
+
+
+def test_backend_user_in_two_pools_needs_same_password() -> None:
+    second = BASE_POOL.replace("pools.main", "pools.copy").replace('"rpw"', '"$OTHER"')
+    msgs = problems(BASE_USER + BASE_POOL + second, {"OTHER": "secret-value"})
+    assert msgs == [
+        'pools.copy.remote.password: backend user "r" is also used by pools.main.remote with a different '
+        "password; pgbouncer keeps one password per user in userlist.txt, so pools.main.remote.password and "
+        "pools.copy.remote.password must be equal"
+    ]
+    assert not any("secret-value" in m or "rpw" in m for m in msgs)
+    validate(BASE_USER + BASE_POOL + second, {"OTHER": "rpw"})
+
+
+def test_remote_password_length_counts_quotes_twice() -> None:
+    validate(BASE_USER + BASE_POOL.replace('"rpw"', '"$PW"'), {"PW": "x" * 2047})
+    msg = (
+        "pools.main.remote.password: password is longer than 2047 bytes as written to userlist.txt "
+        '(each " counts twice)'
+    )
+    assert problems(BASE_USER + BASE_POOL.replace('"rpw"', '"$PW"'), {"PW": "x" * 2048}) == [msg]
+    assert problems(BASE_USER + BASE_POOL.replace('"rpw"', '"$PW"'), {"PW": '"' * 1024}) == [msg]
