@@ -26,7 +26,9 @@ from .system import (
     children,
     mounts_under,
     read_cmdline,
+    remove_cgroup_tree,
     run,
+    systemd_cgroup_roots,
     unmount_all_under,
 )
 
@@ -230,6 +232,8 @@ def stop_machines(names: Sequence[str], paths: Paths) -> None:
         if leftovers and not _wait_gone(leftovers, 10):
             raise LabError(f"{name}: container processes survived SIGKILL: {leftovers}")
         _clean_nspawn_leftovers(config.MACHINE_PREFIX + name)
+        for cgroup in machine_cgroups(name):
+            remove_cgroup_tree(cgroup)
         clean_machine_dir(name)
         paths.pidfile(name).unlink(missing_ok=True)
     _wait_reaped([p for plist in pids.values() for p in plist], 5)
@@ -303,8 +307,26 @@ def prepare_machine(machine: Machine, machines: Sequence[Machine], image: Path, 
     return mode
 
 
+def machine_cgroups(name: str) -> list[Path]:
+    return [root / f"autopgpool-lab-{name}" for root in systemd_cgroup_roots()]
+
+
+def _enter_cgroups(cgroups: Sequence[Path]) -> None:
+    for cgroup in cgroups:
+        (cgroup / "cgroup.procs").write_text(f"{os.getpid()}\n")
+
+
 def start_machine(machine: Machine, paths: Paths) -> int:
-    """Start nspawn detached (own session, logs to a file); there is no host systemd to supervise it."""
+    """Start nspawn detached (own session, logs to a file); there is no host systemd to supervise it.
+
+    Each nspawn gets its own cgroup first: with --keep-unit and no host systemd, every nspawn would
+    otherwise build its container's tree under the same cgroup path, and parallel boots then remove each
+    other's unit cgroups (seen as "Failed at step CGROUP" and a degraded system).
+    """
+    cgroups = machine_cgroups(machine.name)
+    for cgroup in cgroups:
+        remove_cgroup_tree(cgroup)
+        cgroup.mkdir(exist_ok=True)
     log_path = paths.log(machine.name)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     paths.pidfile(machine.name).parent.mkdir(parents=True, exist_ok=True)
@@ -320,7 +342,8 @@ def start_machine(machine: Machine, paths: Paths) -> int:
         log.write(f"\n==== {time.strftime('%F %T')} {' '.join(cmd)}\n".encode())
         log.flush()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True,
+                                preexec_fn=lambda: _enter_cgroups(cgroups))  # noqa: PLW1509
     paths.pidfile(machine.name).write_text(f"{proc.pid}\n")
     return proc.pid
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -97,3 +98,34 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def systemd_cgroup_roots() -> list[Path]:
+    """Where this process sits in the hierarchies systemd uses: name=systemd (v1/hybrid) and cgroup2."""
+    ours: dict[str, str] = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        ours[controllers] = path
+    roots: list[Path] = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        pre, _, post = line.partition(" - ")
+        fields, extra = pre.split(), post.split()
+        if len(fields) < 5 or len(extra) < 3:
+            continue
+        key = None
+        if extra[0] == "cgroup2":
+            key = ""
+        elif extra[0] == "cgroup" and "name=systemd" in extra[2].split(","):
+            key = "name=systemd"
+        if key is not None and key in ours:
+            roots.append(Path(fields[4]) / ours[key].lstrip("/"))
+    return roots
+
+
+def remove_cgroup_tree(path: Path) -> None:
+    """rmdir a cgroup and its (empty) children, deepest first; cgroupfs only allows rmdir."""
+    if not path.is_dir():
+        return
+    for sub, _, _ in sorted(os.walk(path), key=lambda w: len(Path(w[0]).parts), reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(sub)
