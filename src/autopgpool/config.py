@@ -658,11 +658,12 @@ def _check_backend_users(
         name = remote.username
         if name in first_pool:
             if passwords[name] != remote.password:
+                first_password = key_path(first_pool[name], "password")
                 problems.add(
                     key_path(path, "password"),
                     f"backend user {_describe(name)} is also used by {first_pool[name]} with a different "
                     f"password; pgbouncer keeps one password per user in userlist.txt, so "
-                    f"{key_path(first_pool[name], 'password')} and {key_path(path, 'password')} must be equal",
+                    f"{first_password} and {key_path(path, 'password')} must be equal",
                 )
             continue
         first_pool[name] = path

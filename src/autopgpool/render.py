@@ -144,7 +144,7 @@ def render_userlist(
     lines = [
         f";; {HEADER}",
         ";; Client users have MD5 or SCRAM verifiers. Lines with a plain password are the backend users",
-        ";; pgbouncer logs in to PostgreSQL as; clients cannot log in as them unless [[users]] declares them.",
+        ";; pgbouncer logs in to PostgreSQL as; no client may log in as them unless [[users]] has them.",
     ]
     lines += [f"{dq(name)} {dq(secret)}" for name, secret in sorted(entries.items())]
     return "\n".join(lines) + "\n"

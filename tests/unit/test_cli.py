@@ -17,13 +17,18 @@ SECRETS = [v for k, v in DEMO_ENV.items()]
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full_env = {"PATH": os.environ["PATH"], **env}
     return subprocess.run(
-        [sys.executable, "-m", "autopgpool.cli", *args], capture_output=True, text=True, env=full_env, check=False
+        [sys.executable, "-m", "autopgpool.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        check=False,
     )
 
 
 def assert_no_secret(proc: subprocess.CompletedProcess[str]) -> None:
     for secret in SECRETS:
-        assert secret not in proc.stdout and secret not in proc.stderr
+        assert secret not in proc.stdout
+        assert secret not in proc.stderr
 
 
 def test_validate_ok() -> None:
@@ -42,7 +47,9 @@ def test_generate_writes_files_with_modes_and_is_repeatable(tmp_path: Path) -> N
     assert modes == {"pgbouncer.ini": 0o600, "userlist.txt": 0o600, "pgbouncer_hba.conf": 0o644}
     first = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     # no salt key: the existing userlist.txt keeps the output byte-identical
-    assert run("generate", "--config-path", str(EXAMPLE), "--output-dir", str(tmp_path), env=env).returncode == 0
+    assert (
+        run("generate", "--config-path", str(EXAMPLE), "--output-dir", str(tmp_path), env=env).returncode == 0
+    )
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == first
 
 
@@ -69,6 +76,9 @@ def test_invalid_exits_1_with_problems_and_no_secret(tmp_path: Path) -> None:
 
 def test_missing_file_and_help() -> None:
     proc = run("validate", "--config-path", "/nonexistent.toml", env={})
-    assert proc.returncode == 1 and "cannot read /nonexistent.toml" in proc.stderr
+    assert proc.returncode == 1
+    assert "cannot read /nonexistent.toml" in proc.stderr
     proc = run("generate", "--help", env={})
-    assert proc.returncode == 0 and "--salt-key-env" in proc.stdout and "--output-dir" in proc.stdout
+    assert proc.returncode == 0
+    assert "--salt-key-env" in proc.stdout
+    assert "--output-dir" in proc.stdout

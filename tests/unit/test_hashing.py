@@ -60,11 +60,13 @@ def test_salt_strategy() -> None:
     r1 = choose_scram_verifier("u", "pw", salt_key=None, previous=None)
     r2 = choose_scram_verifier("u", "pw", salt_key=None, previous=None)
     assert r1 != r2
-    assert scram_matches(r1, "pw") and scram_matches(r2, "pw")
+    assert scram_matches(r1, "pw")
+    assert scram_matches(r2, "pw")
     # reuse a previous verifier verbatim while it matches; replace it once the password changed
     assert choose_scram_verifier("u", "pw", salt_key=key, previous=r1) == r1
     changed = choose_scram_verifier("u", "new", salt_key=key, previous=r1)
-    assert changed != r1 and scram_matches(changed, "new")
+    assert changed != r1
+    assert scram_matches(changed, "new")
 
 
 def test_saslprep_non_ascii_space_is_mapped() -> None:

@@ -38,8 +38,17 @@ def test_example_renders_expected_files() -> None:
     assert "auth_type = hba\n" in ini
     assert "auth_file = /etc/pgbouncer/userlist.txt\n" in ini
     assert "auth_hba_file = /etc/pgbouncer/pgbouncer_hba.conf\n" in ini
-    assert "admin_users = admin\n" in ini and "stats_users = stats\n" in ini
-    for per_instance in ("listen_port", "listen_addr", "unix_socket_dir", "pidfile", "peer_id", "logfile", "[peers]"):
+    assert "admin_users = admin\n" in ini
+    assert "stats_users = stats\n" in ini
+    for per_instance in (
+        "listen_port",
+        "listen_addr",
+        "unix_socket_dir",
+        "pidfile",
+        "peer_id",
+        "logfile",
+        "[peers]",
+    ):
         assert per_instance not in ini.split(";; its own")[1].split("\n", 1)[1]
     users = parse_userlist(files["userlist.txt"])
     assert users["report_user"] == md5_verifier("report_user", "demo-report-user-pw")
@@ -93,7 +102,8 @@ def test_determinism_with_salt_key_and_previous_userlist() -> None:
 
 def test_summary_has_no_secrets_and_documented_numbers() -> None:
     info = summarize(EXAMPLE, DEMO_ENV)
-    assert info["listen_addr"] == "0.0.0.0" and info["listen_port"] == 6432
+    assert info["listen_addr"] == "0.0.0.0"
+    assert info["listen_port"] == 6432
     assert info["pools"]["app"] == {
         "host": "pg1",
         "port": 5432,
@@ -121,7 +131,8 @@ def test_fd_limit_caps_by_max_db_connections_and_restart_settings() -> None:
     assert "search = host=10.1.0.11 port=5432 dbname='search index' user=search\n" in files["pgbouncer.ini"]
     assert parse_userlist(files["userlist.txt"])["search"] == "d"
     assert "\n[users]\nbatch = pool_mode=session\nweb = max_user_connections=50\n" in files["pgbouncer.ini"]
-    assert "log_stats = 0\n" in files["pgbouncer.ini"] and "query_wait_timeout = 15.5\n" in files["pgbouncer.ini"]
+    assert "log_stats = 0\n" in files["pgbouncer.ini"]
+    assert "query_wait_timeout = 15.5\n" in files["pgbouncer.ini"]
 
 
 def test_backends_distinct() -> None:

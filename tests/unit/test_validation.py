@@ -20,7 +20,8 @@ def test_valid_base() -> None:
 
 def test_toml_syntax_error_has_line_number() -> None:
     (msg,) = problems(BASE_USER + "[pools.main\n")
-    assert msg.startswith("TOML syntax error:") and "line 5" in msg
+    assert msg.startswith("TOML syntax error:")
+    assert "line 5" in msg
 
 
 def test_port_out_of_range_and_not_a_number() -> None:
@@ -45,7 +46,8 @@ def test_unknown_key_suggests_nearest() -> None:
         'pgbouncer.max_client_con: unknown pgbouncer setting, did you mean "max_client_conn"?'
     ]
     assert problems(BASE_USER + BASE_POOL + "[pgbouncer.passthrough_kwargs]\nserver_lifetme = 5\n") == [
-        'pgbouncer.passthrough_kwargs.server_lifetme: unknown pgbouncer setting, did you mean "server_lifetime"?'
+        "pgbouncer.passthrough_kwargs.server_lifetme: unknown pgbouncer setting, "
+        'did you mean "server_lifetime"?'
     ]
 
 
@@ -80,7 +82,10 @@ def test_duplicate_usernames() -> None:
 def test_empty_names() -> None:
     assert problems(BASE_USER.replace('"u"', '""') + BASE_POOL) == ["users[0].username: must not be empty"]
     toml = BASE_USER.replace('["main"]', '[""]') + BASE_POOL.replace("pools.main", 'pools.""')
-    assert problems(toml) == ['pools."": pool name must not be empty', "users[0].grants[0]: must not be empty"]
+    assert problems(toml) == [
+        'pools."": pool name must not be empty',
+        "users[0].grants[0]: must not be empty",
+    ]
 
 
 def test_bad_enums() -> None:
@@ -122,10 +127,10 @@ def test_unsafe_characters() -> None:
 
 
 def test_unrepresentable_names() -> None:
-    toml = BASE_USER.replace('"u"', "\"o'brien\"").replace('["main"]', '["it\'s"]')
-    toml += BASE_POOL.replace("pools.main", "pools.\"it's\"")
+    toml = BASE_USER.replace('"u"', '"o\'brien"').replace('["main"]', '["it\'s"]')
+    toml += BASE_POOL.replace("pools.main", 'pools."it\'s"')
     assert problems(toml) == [
-        "pools.\"it's\": pool name contains a single quote, which pgbouncer.ini cannot represent in a "
+        'pools."it\'s": pool name contains a single quote, which pgbouncer.ini cannot represent in a '
         "database name",
         "users[0].username: username contains a single quote, which pgbouncer.ini cannot represent in a "
         "[users] key",
@@ -135,7 +140,9 @@ def test_unrepresentable_names() -> None:
         "cannot represent"
     ]
     toml = BASE_USER.replace('["main"]', '["pgbouncer"]') + BASE_POOL.replace("pools.main", "pools.pgbouncer")
-    assert problems(toml) == ['pools.pgbouncer: pool name "pgbouncer" is reserved for pgbouncer\'s admin console']
+    assert problems(toml) == [
+        'pools.pgbouncer: pool name "pgbouncer" is reserved for pgbouncer\'s admin console'
+    ]
 
 
 def test_deployment_owned_settings_rejected() -> None:
@@ -154,7 +161,7 @@ def test_setting_set_twice_and_bad_setting_values() -> None:
     toml += "[pgbouncer.passthrough_kwargs]\nquery_timeout = 6\n"
     assert problems(toml) == [
         'pgbouncer.server_lifetime: expected a number of seconds (0 or more), got "soon"',
-        'pgbouncer.client_tls_sslmode: expected one of disable, allow, prefer, require, verify-ca, '
+        "pgbouncer.client_tls_sslmode: expected one of disable, allow, prefer, require, verify-ca, "
         'verify-full; got "on"',
         "pgbouncer.passthrough_kwargs.query_timeout: query_timeout is already set at pgbouncer.query_timeout",
     ]
