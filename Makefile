@@ -52,12 +52,16 @@ lint: venv ## ruff, mypy, yamllint, ansible-lint (production profile)
 unit: deps venv ## Unit tests and the real-pgbouncer integration tests (loopback only)
 	pytest -m "not e2e and not lab"
 
+.PHONY: lab-smoke
+lab-smoke: deps venv lab-image ## Boot the lab twice (idempotent up), check every machine, tear it down, check nothing is left
+	pytest -m lab tests/lab
+
 .PHONY: molecule
 molecule: deps venv lab-image ## The molecule scenario on the lab: create, converge, idempotence, verify, destroy
 	molecule test
 
 .PHONY: test
-test: deps venv lint unit molecule ## Everything CI runs
+test: deps venv lint unit lab-smoke molecule ## Everything CI runs
 
 .PHONY: demo
 demo: deps venv lab-image lab-up ## Boot the lab and deploy examples/autopgpool.toml to it
