@@ -1,8 +1,13 @@
 """Render the three files pgbouncer reads from a validated :class:`Config`. Pure functions, sorted output.
 
-* ``pgbouncer.ini``: the part shared by every instance on a host. Each instance's own ``instance-N.ini``
-  (written by the Ansible role) starts with ``%include <config_dir>/pgbouncer.ini`` and then sets
-  listen_addr/listen_port/unix_socket_dir/pidfile/logfile/peer_id and ``[peers]``.
+* ``pgbouncer.ini``: the part shared by every instance on a host, ``[databases]``, ``[users]`` and, always
+  last, ``[pgbouncer]``. Each instance's own ``instance-N.ini`` (written by the Ansible role) starts with
+  ``%include <config_dir>/pgbouncer.ini`` and then, *without* a ``[pgbouncer]`` header, sets
+  listen_addr/listen_port/unix_socket_dir/pidfile/logfile/peer_id, then ``[peers]``. pgbouncer resets
+  every setting to its default whenever it reads a ``[pgbouncer]`` header (``fill_defaults`` in
+  lib/usual/cfparser.c), so a second header would silently drop auth_type, the hba file, admin_users and
+  everything else set here; the section in effect carries across ``%include``, so the instance lines
+  continue ours and win.
 * ``userlist.txt``: ``"user" "verifier"`` per client user, MD5 or SCRAM-SHA-256 per the user's auth type, and
   ``"user" "plain password"`` per backend (remote) user, sorted by username.
 * ``pgbouncer_hba.conf``: every user reaches only its granted pools; admin/stats users reach ``pgbouncer``.
@@ -69,6 +74,8 @@ def render_ini(config: Config, *, config_dir: str = DEFAULT_CONFIG_DIR) -> str:
         f";; {HEADER}",
         ";; Shared by all pgbouncer instances on this host; each instance-N.ini includes it and then sets",
         ";; its own listen_addr, listen_port, unix_socket_dir, pidfile, logfile, peer_id and [peers].",
+        ";; [pgbouncer] stays the last section: the instance file continues it without a header of its own,",
+        ";; because every [pgbouncer] header resets all settings to pgbouncer's defaults.",
         "",
         "[databases]",
     ]
@@ -89,17 +96,6 @@ def render_ini(config: Config, *, config_dir: str = DEFAULT_CONFIG_DIR) -> str:
             parts.append(f"pool_mode={pool.pool_mode}")
         lines.append(f"{ini_key(pool.name)} = {' '.join(parts)}")
 
-    settings: dict[str, str] = dict(config.settings)
-    settings["auth_type"] = "hba"
-    settings["auth_file"] = f"{config_dir}/userlist.txt".replace("//", "/")
-    settings["auth_hba_file"] = f"{config_dir}/pgbouncer_hba.conf".replace("//", "/")
-    if config.admin_users:
-        settings["admin_users"] = ", ".join(config.admin_users)
-    if config.stats_users:
-        settings["stats_users"] = ", ".join(config.stats_users)
-    lines += ["", "[pgbouncer]"]
-    lines += [f"{name} = {value}" for name, value in sorted(settings.items())]
-
     user_lines = []
     for user in config.users:
         parts = []
@@ -111,6 +107,17 @@ def render_ini(config: Config, *, config_dir: str = DEFAULT_CONFIG_DIR) -> str:
             user_lines.append(f"{ini_key(user.username)} = {' '.join(parts)}")
     if user_lines:
         lines += ["", "[users]", *user_lines]
+
+    settings: dict[str, str] = dict(config.settings)
+    settings["auth_type"] = "hba"
+    settings["auth_file"] = f"{config_dir}/userlist.txt".replace("//", "/")
+    settings["auth_hba_file"] = f"{config_dir}/pgbouncer_hba.conf".replace("//", "/")
+    if config.admin_users:
+        settings["admin_users"] = ", ".join(config.admin_users)
+    if config.stats_users:
+        settings["stats_users"] = ", ".join(config.stats_users)
+    lines += ["", "[pgbouncer]"]
+    lines += [f"{name} = {value}" for name, value in sorted(settings.items())]
     return "\n".join(lines) + "\n"
 
 

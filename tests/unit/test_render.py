@@ -131,6 +131,9 @@ def test_fd_limit_caps_by_max_db_connections_and_restart_settings() -> None:
     assert "search = host=10.1.0.11 port=5432 dbname='search index' user=search\n" in files["pgbouncer.ini"]
     assert parse_userlist(files["userlist.txt"])["search"] == "d"
     assert "\n[users]\nbatch = pool_mode=session\nweb = max_user_connections=50\n" in files["pgbouncer.ini"]
+    # [pgbouncer] is the last section even with [users]: instance-N.ini continues it after %include
+    headers = [line for line in files["pgbouncer.ini"].splitlines() if line.startswith("[")]
+    assert headers == ["[databases]", "[users]", "[pgbouncer]"]
     assert "log_stats = 0\n" in files["pgbouncer.ini"]
     assert "query_wait_timeout = 15.5\n" in files["pgbouncer.ini"]
 
