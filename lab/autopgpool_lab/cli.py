@@ -20,8 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     image.add_argument("--suite", default=config.DEFAULT_SUITE, choices=config.SUPPORTED_SUITES)
     image.add_argument("--force", action="store_true", help="rebuild even if cached")
     start = sub.add_parser("up", help="boot pg1 and the poolers (idempotent)")
-    start.add_argument("--machines", type=int, default=2, metavar="N_POOLERS",
-                       help="number of pooler hosts (default 2)")
+    start.add_argument(
+        "--machines", type=int, default=2, metavar="N_POOLERS", help="number of pooler hosts (default 2)"
+    )
     start.add_argument("--suite", default=config.DEFAULT_SUITE, choices=config.SUPPORTED_SUITES)
     sub.add_parser("down", help="stop every lab machine and remove overlays, bridge and veths")
     sub.add_parser("status", help="show each machine and its `systemctl is-system-running`")

@@ -93,8 +93,9 @@ def plan_machines(poolers: int = 2) -> list[Machine]:
     return machines
 
 
-def image_cache_key(suite: str, packages: tuple[str, ...] = IMAGE_PACKAGES,
-                    setup_version: int = IMAGE_SETUP_VERSION) -> str:
+def image_cache_key(
+    suite: str, packages: tuple[str, ...] = IMAGE_PACKAGES, setup_version: int = IMAGE_SETUP_VERSION
+) -> str:
     """Directory name of the cached image: changes when the suite, packages or setup change."""
     material = "\n".join([suite, *sorted(set(packages)), f"setup={setup_version}"])
     return f"{suite}-{hashlib.sha256(material.encode()).hexdigest()[:12]}"

@@ -63,8 +63,23 @@ def _clean_stale_tmp(cache_dir: Path) -> None:
 
 
 def _nspawn_sh(root: Path, script: str, timeout: float) -> None:
-    run(["systemd-nspawn", "--quiet", "-D", root, "--register=no", "--keep-unit", "--console=pipe",
-         "--resolv-conf=copy-host", "--timezone=off", "/bin/sh", "-c", script], timeout=timeout)
+    run(
+        [
+            "systemd-nspawn",
+            "--quiet",
+            "-D",
+            root,
+            "--register=no",
+            "--keep-unit",
+            "--console=pipe",
+            "--resolv-conf=copy-host",
+            "--timezone=off",
+            "/bin/sh",
+            "-c",
+            script,
+        ],
+        timeout=timeout,
+    )
 
 
 def _sources(suite: str) -> str:
@@ -91,9 +106,18 @@ def build_image(suite: str, *, force: bool = False) -> Path:
     tmp = config.IMAGE_CACHE_DIR / f".tmp-{final.name}-{os.getpid()}"
     started = time.monotonic()
     try:
-        run(["debootstrap", "--variant=minbase", "--components=main",
-             "--include=" + ",".join(config.BOOTSTRAP_PACKAGES), suite, tmp, config.MIRROR],
-            timeout=900)
+        run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--components=main",
+                "--include=" + ",".join(config.BOOTSTRAP_PACKAGES),
+                suite,
+                tmp,
+                config.MIRROR,
+            ],
+            timeout=900,
+        )
         (tmp / "etc/apt/sources.list").write_text(_sources(suite))
         policy = tmp / "usr/sbin/policy-rc.d"
         policy.write_text("#!/bin/sh\nexit 101\n")

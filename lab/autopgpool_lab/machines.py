@@ -145,13 +145,14 @@ def known_machine_names(paths: Paths) -> list[str]:
     for pid in nspawn_pids():
         for arg in read_cmdline(pid):
             if arg.startswith("--machine=" + config.MACHINE_PREFIX):
-                names.add(arg.split("=", 1)[1][len(config.MACHINE_PREFIX):])
+                names.add(arg.split("=", 1)[1][len(config.MACHINE_PREFIX) :])
     return sorted(names)
 
 
 def is_running(machine: Machine) -> bool:
-    return bool(nspawn_pids(machine.unit_name)) and bool(mounts_under(machine_root(machine.name))
-                                                         or (machine_dir(machine.name) / "copy").exists())
+    return bool(nspawn_pids(machine.unit_name)) and bool(
+        mounts_under(machine_root(machine.name)) or (machine_dir(machine.name) / "copy").exists()
+    )
 
 
 # ---------------------------------------------------------------- host-side setup
@@ -311,9 +312,10 @@ def machine_cgroups(name: str) -> list[Path]:
     return [root / f"autopgpool-lab-{name}" for root in systemd_cgroup_roots()]
 
 
-def _enter_cgroups(cgroups: Sequence[Path]) -> None:
-    for cgroup in cgroups:
-        (cgroup / "cgroup.procs").write_text(f"{os.getpid()}\n")
+def _in_cgroups(cgroups: Sequence[Path], cmd: list[str]) -> list[str]:
+    """Wrap cmd so the process joins cgroups before it execs (no preexec_fn: boots run in threads)."""
+    joins = "".join(f'echo $$ > "{cgroup}/cgroup.procs" && ' for cgroup in cgroups)
+    return ["/bin/sh", "-c", joins + 'exec "$@"', "nspawn-in-cgroup", *cmd]
 
 
 def start_machine(machine: Machine, paths: Paths) -> int:
@@ -331,28 +333,54 @@ def start_machine(machine: Machine, paths: Paths) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     paths.pidfile(machine.name).parent.mkdir(parents=True, exist_ok=True)
     cmd = [
-        "systemd-nspawn", "--boot", "-D", str(machine_root(machine.name)),
-        "--register=no", "--keep-unit",
-        f"--network-bridge={config.BRIDGE}", f"--machine={machine.unit_name}",
-        f"--hostname={machine.name}", f"--setenv={MARKER_ENV}={machine.name}",
-        "--console=read-only", "--link-journal=no",
-        "--resolv-conf=off", "--timezone=off", "--kill-signal=SIGRTMIN+4",
+        "systemd-nspawn",
+        "--boot",
+        "-D",
+        str(machine_root(machine.name)),
+        "--register=no",
+        "--keep-unit",
+        f"--network-bridge={config.BRIDGE}",
+        f"--machine={machine.unit_name}",
+        f"--hostname={machine.name}",
+        f"--setenv={MARKER_ENV}={machine.name}",
+        "--console=read-only",
+        "--link-journal=no",
+        "--resolv-conf=off",
+        "--timezone=off",
+        "--kill-signal=SIGRTMIN+4",
     ]
     with open(log_path, "ab") as log:
         log.write(f"\n==== {time.strftime('%F %T')} {' '.join(cmd)}\n".encode())
         log.flush()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True,
-                                preexec_fn=lambda: _enter_cgroups(cgroups))  # noqa: PLW1509
+        proc = subprocess.Popen(
+            _in_cgroups(cgroups, cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
     paths.pidfile(machine.name).write_text(f"{proc.pid}\n")
     return proc.pid
 
 
 def ssh_base(paths: Paths, machine: Machine) -> list[str]:
     return [
-        "ssh", "-i", str(paths.key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-        "-o", "ConnectTimeout=3", "-o", f"UserKnownHostsFile={paths.known_hosts}",
-        "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR",
+        "ssh",
+        "-i",
+        str(paths.key),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=3",
+        "-o",
+        f"UserKnownHostsFile={paths.known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "LogLevel=ERROR",
         f"{config.LAB_USER}@{machine.address}",
     ]
 
@@ -360,9 +388,14 @@ def ssh_base(paths: Paths, machine: Machine) -> list[str]:
 def probe(paths: Paths, machine: Machine) -> str:
     """Output of `systemctl is-system-running` over SSH, or the SSH error."""
     try:
-        proc = subprocess.run([*ssh_base(paths, machine), "systemctl", "is-system-running"],
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=SSH_PROBE_TIMEOUT, check=False)
+        proc = subprocess.run(
+            [*ssh_base(paths, machine), "systemctl", "is-system-running"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=SSH_PROBE_TIMEOUT,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return "ssh: timed out"
     return (proc.stdout.strip() or proc.stderr.strip() or f"exit {proc.returncode}").splitlines()[-1]
@@ -388,14 +421,21 @@ def wait_ready(machine: Machine, paths: Paths, timeout: float) -> str | None:
         if last == "running":
             return None
         if last == "degraded":
-            failed = subprocess.run([*ssh_base(paths, machine), "systemctl", "--failed", "--no-legend"],
-                                    capture_output=True, text=True, timeout=SSH_PROBE_TIMEOUT, check=False,
-                                    stdin=subprocess.DEVNULL).stdout.strip()
+            failed = subprocess.run(
+                [*ssh_base(paths, machine), "systemctl", "--failed", "--no-legend"],
+                capture_output=True,
+                text=True,
+                timeout=SSH_PROBE_TIMEOUT,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            ).stdout.strip()
             return f"{machine.name}: system is degraded; failed units:\n{failed}"
         time.sleep(0.5)
-    return (f"{machine.name}: not running after {timeout:.0f}s; last output of "
-            f"`systemctl is-system-running`: {last}\n--- nspawn log tail ({paths.log(machine.name)}):\n"
-            f"{log_tail(paths, machine.name)}")
+    return (
+        f"{machine.name}: not running after {timeout:.0f}s; last output of "
+        f"`systemctl is-system-running`: {last}\n--- nspawn log tail ({paths.log(machine.name)}):\n"
+        f"{log_tail(paths, machine.name)}"
+    )
 
 
 def _read_lab_json(paths: Paths) -> dict[str, object]:
@@ -411,8 +451,10 @@ def planned(paths: Paths) -> tuple[list[Machine], str]:
     data = _read_lab_json(paths)
     poolers = data.get("poolers", 2)
     suite = data.get("suite", config.DEFAULT_SUITE)
-    return (config.plan_machines(poolers if isinstance(poolers, int) else 2),
-            suite if isinstance(suite, str) else config.DEFAULT_SUITE)
+    return (
+        config.plan_machines(poolers if isinstance(poolers, int) else 2),
+        suite if isinstance(suite, str) else config.DEFAULT_SUITE,
+    )
 
 
 def write_access_files(paths: Paths, machines: Sequence[Machine]) -> None:
@@ -433,8 +475,9 @@ def up(poolers: int, suite: str, paths: Paths) -> None:
     previous = _read_lab_json(paths)
     running = [m for m in machines if is_running(m)]
     if running and previous.get("suite") not in (None, suite):
-        raise LabError(f"the lab is up on {previous.get('suite')}; "
-                       f"run `labctl down` before `up --suite {suite}`")
+        raise LabError(
+            f"the lab is up on {previous.get('suite')}; run `labctl down` before `up --suite {suite}`"
+        )
     wanted = {m.name for m in machines}
     extra = [n for n in known_machine_names(paths) if n not in wanted]
     if extra:

@@ -14,18 +14,30 @@ class LabError(Exception):
     """An error a user can act on; printed without a traceback."""
 
 
-def run(cmd: Sequence[str | Path], *, check: bool = True, capture: bool = False,
-        timeout: float | None = 600, env: dict[str, str] | None = None,
-        quiet: bool = False) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: Sequence[str | Path],
+    *,
+    check: bool = True,
+    capture: bool = False,
+    timeout: float | None = 600,
+    env: dict[str, str] | None = None,
+    quiet: bool = False,
+) -> subprocess.CompletedProcess[str]:
     """Run a command with a bounded time; raise LabError with its output on failure."""
     args = [str(c) for c in cmd]
     if not quiet:
         print("+ " + " ".join(args), file=sys.stderr, flush=True)
     try:
-        proc = subprocess.run(args, check=False, text=True, timeout=timeout, env=env,
-                              stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE if capture else None,
-                              stderr=subprocess.STDOUT if capture else None)
+        proc = subprocess.run(
+            args,
+            check=False,
+            text=True,
+            timeout=timeout,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.STDOUT if capture else None,
+        )
     except subprocess.TimeoutExpired as exc:
         raise LabError(f"command timed out after {timeout}s: {' '.join(args)}") from exc
     except FileNotFoundError as exc:
