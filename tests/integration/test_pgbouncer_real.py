@@ -163,20 +163,24 @@ class Lab:
         secret: str | None = None,
         password: str | None = None,
         port: int | None = None,
-        **params: str,
+        require_auth: str | None = None,
     ) -> psycopg.Connection[tuple[Any, ...]]:
-        """Log in with the password from variable ``secret`` (or a literal, non-secret ``password``)."""
+        """Log in with the password from variable ``secret`` (or a literal, non-secret ``password``).
+
+        ``require_auth`` (libpq 16+) makes the client refuse any other method than the one named.
+        """
         pw = self.env[secret] if secret is not None else password
+        extra: dict[str, Any] = {"require_auth": require_auth} if require_auth else {}
         try:
             return psycopg.connect(
                 host="127.0.0.1", port=port or self.pgb_port, dbname=dbname, user=user, password=pw,
-                connect_timeout=5, **params,
+                connect_timeout=5, **extra,
             )  # fmt: skip
         except psycopg.OperationalError as exc:
             raise Refused(str(exc)) from None
 
-    def current_db(self, dbname: str, user: str, secret: str, **params: str) -> str:
-        with self.connect(dbname, user, secret=secret, **params) as conn:
+    def current_db(self, dbname: str, user: str, secret: str, require_auth: str | None = None) -> str:
+        with self.connect(dbname, user, secret=secret, require_auth=require_auth) as conn:
             row = conn.execute("SELECT current_database()").fetchone()
             assert row is not None
             return str(row[0])
@@ -304,14 +308,14 @@ def lab() -> Iterator[Lab]:
 
 def test_scram_and_md5_users_reach_their_remote_database(lab: Lab) -> None:
     # require_auth makes the client insist on the method, so this also proves which one pgbouncer asked for
-    scram = {"require_auth": "scram-sha-256"}
-    assert lab.current_db("app", "app_user", "APP_USER_PASSWORD", **scram) == "app_db"
+    scram = "scram-sha-256"
+    assert lab.current_db("app", "app_user", "APP_USER_PASSWORD", scram) == "app_db"
     assert (
         lab.current_db("reporting", "report_user", "REPORT_USER_PASSWORD", require_auth="md5")
         == "reporting_db"
     )
-    assert lab.current_db("reporting", "both_user", "BOTH_USER_PASSWORD", **scram) == "reporting_db"
-    assert lab.current_db("app", "both_user", "BOTH_USER_PASSWORD", **scram) == "app_db"
+    assert lab.current_db("reporting", "both_user", "BOTH_USER_PASSWORD", scram) == "reporting_db"
+    assert lab.current_db("app", "both_user", "BOTH_USER_PASSWORD", scram) == "app_db"
 
 
 def test_new_server_logins_after_scram_clients_still_work(lab: Lab) -> None:
