@@ -37,7 +37,10 @@ def test_up_twice_then_down_leaves_nothing() -> None:
         for machine in plan:
             proc = subprocess.run(
                 ["ssh", "-F", str(paths.ssh_config), machine.name, "hostname; systemctl is-system-running"],
-                capture_output=True, text=True, timeout=30, check=False,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
             )
             seen = f"{machine.name}: {proc.stdout}{proc.stderr}"
             assert proc.stdout.split() == [machine.name, "running"], seen

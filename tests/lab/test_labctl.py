@@ -72,10 +72,25 @@ def test_cache_key_changes_with_suite_packages_and_setup_version(
 
 
 def test_image_holds_every_package_the_roles_need() -> None:
-    needed = {"systemd-sysv", "openssh-server", "sudo", "acl", "python3-apt", "postgresql",
-              "postgresql-contrib", "haproxy", "build-essential", "pkg-config", "libevent-dev",
-              "libssl-dev", "libc-ares-dev",
-              "libsystemd-dev", "python3-psycopg2", "socat", "netcat-openbsd"}
+    needed = {
+        "systemd-sysv",
+        "openssh-server",
+        "sudo",
+        "acl",
+        "python3-apt",
+        "postgresql",
+        "postgresql-contrib",
+        "haproxy",
+        "build-essential",
+        "pkg-config",
+        "libevent-dev",
+        "libssl-dev",
+        "libc-ares-dev",
+        "libsystemd-dev",
+        "python3-psycopg2",
+        "socat",
+        "netcat-openbsd",
+    }
     assert needed <= set(config.IMAGE_PACKAGES)
     assert set(config.BOOTSTRAP_PACKAGES) <= set(config.IMAGE_PACKAGES)
 
@@ -98,8 +113,9 @@ def test_image_sources_include_security_and_updates() -> None:
 
 def test_inventory_groups_and_connection_variables() -> None:
     text = render.inventory_yaml(plan_machines(), KEY, KNOWN)
-    shape = ("all:\n  children:\n    lab:\n      children:\n"
-             "        postgres:\n          hosts:\n            pg1:")
+    shape = (
+        "all:\n  children:\n    lab:\n      children:\n        postgres:\n          hosts:\n            pg1:"
+    )
     assert shape in text
     assert "        pgbouncer:\n          hosts:\n            pool1:" in text
     assert text.count('ansible_user: "ops"') == 3
@@ -157,17 +173,20 @@ def test_mounts_under_matches_the_path_and_below_only() -> None:
         "4 1 0:7 / /var/lib/autopgpool-lab/machines/pg10/root rw - overlay overlay rw\n"
     )
     found = system.mounts_under(Path("/var/lib/autopgpool-lab/machines/pg1"), mountinfo)
-    assert found == [Path("/var/lib/autopgpool-lab/machines/pg1/root/proc"),
-                     Path("/var/lib/autopgpool-lab/machines/pg1/root")]
+    assert found == [
+        Path("/var/lib/autopgpool-lab/machines/pg1/root/proc"),
+        Path("/var/lib/autopgpool-lab/machines/pg1/root"),
+    ]
 
 
-def test_known_machine_names_finds_dirs_and_stale_pid_files(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_known_machine_names_finds_dirs_and_stale_pid_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mdir = tmp_path / "machines"
-    (mdir / "pool1").mkdir(parents=True)          # half-made machine dir
+    (mdir / "pool1").mkdir(parents=True)  # half-made machine dir
     paths = machines.Paths(tmp_path / "state")
     (paths.state / "run").mkdir(parents=True)
-    (paths.state / "run" / "pg1.pid").write_text("999999\n")   # stale pid file of a crashed run
+    (paths.state / "run" / "pg1.pid").write_text("999999\n")  # stale pid file of a crashed run
     monkeypatch.setattr(config, "MACHINES_DIR", mdir)
     monkeypatch.setattr(machines, "nspawn_pids", lambda unit_name=None: [])
     assert machines.known_machine_names(paths) == ["pg1", "pool1"]
