@@ -95,6 +95,8 @@ def summarize(toml_text: str, secrets: Mapping[str, str]) -> dict[str, Any]:
         "admin_users": list(config.admin_users),
         "stats_users": list(config.stats_users),
         "auth_type": config.auth_type,
+        # pgbouncer answers an SSLRequest with 'S' when client TLS is on, else 'N' (HAProxy's health check).
+        "client_tls": config.settings.get("client_tls_sslmode", "disable") != "disable",
         "file_descriptor_limit": file_descriptor_limit(config),
         "restart_settings": {k: v for k, v in sorted(config.settings.items()) if needs_restart(k)},
     }

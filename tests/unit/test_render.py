@@ -118,7 +118,13 @@ def test_summary_has_no_secrets_and_documented_numbers() -> None:
     # 500 clients + (20 + 5) + (5 + 0) + margin 100
     assert info["file_descriptor_limit"] == 500 + 25 + 5 + 100
     assert info["restart_settings"] == {}
+    assert info["client_tls"] is False
     assert not any(v in repr(info) for v in DEMO_ENV.values())
+
+
+def test_summary_reports_client_tls_for_the_health_check() -> None:
+    with_tls = EXAMPLE.replace("[pgbouncer]\n", '[pgbouncer]\nclient_tls_sslmode = "require"\n', 1)
+    assert summarize(with_tls, DEMO_ENV)["client_tls"] is True
 
 
 def test_fd_limit_caps_by_max_db_connections_and_restart_settings() -> None:
