@@ -99,7 +99,7 @@ def test_admin_runs_show_pools_on_every_instance(host: Host) -> None:
 
 @pytest.mark.parametrize("host", POOLERS, ids=lambda h: h.name)
 def test_psql_through_haproxy(host: Host) -> None:
-    user = example_config().users[0]
+    user = _user("both_user")
     result = subprocess.run(
         ["psql", "-XAt", "-h", host.address, "-p", str(example_config().listen_port), "-U", user.username,
          "-d", user.grants[0], "-c", "SELECT 40 + 2"],
