@@ -98,7 +98,7 @@ def test_metrics_on_loopback_only(host: Host) -> None:
     assert "haproxy_backend_active_servers" in metrics
     local_addresses = [line.split()[3] for line in host.run("ss -Hltn 'sport = :8404'").splitlines()]
     assert local_addresses == ["127.0.0.1:8404"], local_addresses
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         socket.create_connection((host.address, 8404), timeout=3).close()
 
 
