@@ -10,6 +10,8 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB_INVENTORY := -i .lab/inventory.yml -i inventories/lab
+# One user of the lab at a time (tests, drills, benchmarks, the demo): whole runs hold this lock.
+LAB_LOCK := flock /run/lock/autopgpool-lab.lock
 
 # Controller packages: the lab (debootstrap, nspawn, bridge, ssh), the pinned pgbouncer build and a
 # PostgreSQL server for the integration tests, HAProxy for checking haproxy.cfg locally.
@@ -18,6 +20,7 @@ APT_PACKAGES := debootstrap systemd-container iproute2 openssh-client rsync curl
 	postgresql postgresql-client postgresql-contrib python3-venv
 
 include lab/lab.mk
+-include mk/*.mk
 
 .PHONY: help
 help: ## List the targets
@@ -54,20 +57,20 @@ unit: deps venv ## Unit tests and the real-pgbouncer integration tests (loopback
 
 .PHONY: lab-smoke
 lab-smoke: deps venv lab-image ## Boot the lab twice (idempotent up), check every machine, tear it down, check nothing is left
-	pytest -m lab tests/lab
+	$(LAB_LOCK) pytest -m lab tests/lab
 
 .PHONY: molecule
 molecule: deps venv lab-image ## The molecule scenario on the lab: create, converge, idempotence, verify, destroy
-	molecule test
+	$(LAB_LOCK) molecule test
 
 .PHONY: test
 test: deps venv lint unit lab-smoke molecule ## Everything CI runs
 
 .PHONY: demo
 demo: deps venv lab-image lab-up ## Boot the lab and deploy examples/autopgpool.toml to it
-	ansible-playbook $(LAB_INVENTORY) lab/playbooks/postgres.yml
-	ansible-playbook $(LAB_INVENTORY) playbooks/site.yml
-	ansible-playbook $(LAB_INVENTORY) playbooks/smoke_test.yml
+	$(LAB_LOCK) ansible-playbook $(LAB_INVENTORY) lab/playbooks/postgres.yml
+	$(LAB_LOCK) ansible-playbook $(LAB_INVENTORY) playbooks/site.yml
+	$(LAB_LOCK) ansible-playbook $(LAB_INVENTORY) playbooks/smoke_test.yml
 	@echo
 	@echo "The lab is up. Connect through HAProxy on either pooler host (password: examples/demo.env):"
 	@echo "  PGPASSWORD=demo-app-user-pw psql \"host=10.231.0.11 port=6432 user=app_user dbname=app\""
