@@ -63,6 +63,8 @@ def test_check_diff_on_the_converged_fleet_reports_no_change() -> None:
     for host, counts in recap.items():
         assert counts["changed"] == 0, f"{host}: {counts}\n{result.stdout[-3000:]}"
         assert counts["failed"] == 0, f"{host}: {counts}"
+    for secret in demo_secrets().values():
+        assert secret not in result.stdout + result.stderr
 
 
 def test_bad_toml_stops_before_any_host_task_and_changes_nothing(tmp_path: Path) -> None:
@@ -105,3 +107,30 @@ def test_password_change_is_applied_by_reload(tmp_path: Path) -> None:
     for host in POOLERS:
         assert _pids(host) == before[host.name]
         assert _can_login(host, "app_user", old, "app")
+
+
+def _haproxy_servers(host: Host) -> list[str]:
+    out = host.run("echo 'show stat' | socat stdio /run/haproxy/admin.sock")
+    return sorted(
+        line.split(",")[1] for line in out.splitlines() if line.startswith("pgbouncer_instances,pgbouncer")
+    )
+
+
+def test_shrinking_and_growing_the_instance_count() -> None:
+    host = POOLERS[0]
+    first_pid = host.run("systemctl show -P MainPID pgbouncer@1.service").strip()
+    user = next(u for u in example_config().users if u.username == "app_user")
+    try:
+        shrink = ansible_playbook("playbooks/site.yml", "--limit", host.name, "-e", "pgbouncer_instances=1")
+        assert shrink.returncode == 0, shrink.stdout[-3000:]
+        assert host.run("systemctl is-active pgbouncer@2.service || true").strip() == "inactive"
+        assert host.run("systemctl is-enabled pgbouncer@2.service 2>/dev/null || true").strip() != "enabled"
+        assert host.run("ls /etc/pgbouncer").split().count("instance-2.ini") == 0
+        assert _haproxy_servers(host) == ["pgbouncer1"]
+        assert _can_login(host, user.username, user.password, "app")
+    finally:
+        grow = ansible_playbook("playbooks/site.yml", "--limit", host.name)
+    assert grow.returncode == 0, grow.stdout[-3000:]
+    assert host.run("systemctl is-active pgbouncer@2.service").strip() == "active"
+    assert _haproxy_servers(host) == ["pgbouncer1", "pgbouncer2"]
+    assert host.run("systemctl show -P MainPID pgbouncer@1.service").strip() == first_pid
