@@ -1,0 +1,53 @@
+"""``python -m bench {pgbench,generate,converge}``: one markdown table per part (docs/benchmarks.md).
+
+Uses the lab but never locks it: run it under ``flock /run/lock/autopgpool-lab.lock`` (``make bench`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import layouts, toolkit
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = parser.add_subparsers(dest="part", required=True)
+    pg = sub.add_parser("pgbench", help="pgbench -S: PostgreSQL vs bare pgbouncer vs instance vs stack")
+    pg.add_argument("--targets", default="direct,bare,instance,stack")
+    pg.add_argument("--clients", type=_ints, default=[1, 8, 32])
+    pg.add_argument("--reps", type=int, default=3, help="repetitions, alternated (default %(default)s)")
+    pg.add_argument("--seconds", type=int, default=5, help="pgbench -T per run (default %(default)s)")
+    pg.add_argument("--scale", type=int, default=10, help="pgbench -i -s (default %(default)s)")
+    pg.add_argument("--json", type=Path, help="also write every repetition here")
+    gen = sub.add_parser("generate", help="autopgpool generate on a large config (no lab needed)")
+    gen.add_argument("--users", type=int, default=10_000)
+    gen.add_argument("--pools", type=int, default=1_000)
+    gen.add_argument("--reps", type=int, default=3)
+    conv = sub.add_parser("converge", help="lab converge: cold (labctl down/up first) and warm re-run")
+    conv.add_argument("--cold", action="store_true", help="destroy and recreate the lab machines first")
+    conv.add_argument("--timings-dir", type=Path, help="per-task times of each playbook (JSON)")
+    args = parser.parse_args(argv)
+    if args.part == "pgbench":
+        targets = [t for t in args.targets.split(",") if t]
+        unknown = sorted(set(targets) - set(layouts.TARGETS))
+        if unknown:
+            parser.error(f"unknown targets {unknown}; choose from {sorted(layouts.TARGETS)}")
+        out = layouts.main(targets, args.clients, args.reps, args.seconds, args.scale, args.json)
+    elif args.part == "generate":
+        out = toolkit.generate(args.users, args.pools, args.reps)
+    else:
+        out = toolkit.converge(args.cold, args.timings_dir)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""pgbench -S side by side: PostgreSQL directly, one bare pgbouncer, one stack instance, the deployed stack.
+
+Everything runs from one pooler host (pool1), with the same pgbench binary and the same user CPU budget:
+direct goes over the lab bridge to pg1; the poolers are reached over loopback and themselves cross the bridge
+to pg1, so every path crosses the bridge exactly once per server round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from autopgpool.api import render_files
+
+from . import lab
+from .stats import Cell, latencies_us, parse_summary, table
+
+POOLER = "pool1"
+PG = "pg1"
+PG_ADDR = "10.231.0.10"
+DB = "bench"
+OWNER = "bench_owner"
+USER = "bench_user"
+PASSWORD = "bench-lab-pw-not-secret"  # noqa: S105 - lab-only throw-away, like examples/demo.env
+BARE_PORT = 6499
+BARE_DIR = "/run/autopgpool-bench"
+BARE_UNIT = "autopgpool-bench-pgbouncer"
+PGPASS = "/tmp/autopgpool-bench.pgpass"  # noqa: S108 - on the lab machine, ops's own 0600 file
+PGBOUNCER = "/opt/pgbouncer/current/bin/pgbouncer"
+
+# The bench-only overlay: examples/autopgpool.toml plus one client user and one pool (pool size, mode and
+# every setting from the example, i.e. what a user of the example gets). Appended, so the example keeps its
+# meaning; removed again by redeploying the example.
+OVERLAY = """
+# --- bench overlay (bench/layouts.py): removed after the run ---
+[[users]]
+username = "bench_user"
+password = "$BENCH_PASSWORD"
+grants = ["bench"]
+
+[pools.bench.remote]
+host = "pg1"
+port = 5432
+database = "bench"
+username = "bench_owner"
+password = "$BENCH_PASSWORD"
+"""
+
+# Stock pgbouncer: only what it needs to serve this client (address, auth file and type, the database), plus
+# pool_mode = transaction, the mode the stack runs (stock session mode would starve 32 clients on 20
+# server connections). Same user, same SCRAM verifier and the same backend entry as the stack's userlist.
+BARE_INI = f"""[databases]
+{DB} = host=pg1 port=5432 dbname={DB} user={OWNER}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {BARE_PORT}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {BARE_DIR}/userlist.txt
+pool_mode = transaction
+"""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    host: str
+    port: int
+    user: str
+
+
+TARGETS = {
+    "direct": Target("direct", PG_ADDR, 5432, OWNER),
+    "bare": Target("bare", "127.0.0.1", BARE_PORT, USER),
+    "instance": Target("instance", "127.0.0.1", 6401, USER),
+    "stack": Target("stack", "127.0.0.1", 6432, USER),
+}
+
+
+def _overlay_files(workdir: Path) -> tuple[Path, str]:
+    """Write the overlay TOML and the extra-vars file; return the extra-vars path and the bare userlist."""
+    toml = (lab.REPO / "examples" / "autopgpool.toml").read_text(encoding="utf-8") + OVERLAY
+    secrets = lab.demo_secrets() | {"BENCH_PASSWORD": PASSWORD}
+    toml_path = workdir / "autopgpool-bench.toml"
+    toml_path.write_text(toml, encoding="utf-8")
+    extra = workdir / "bench-vars.json"
+    extra.write_text(json.dumps({"pgbouncer_config_file": str(toml_path), "pgbouncer_secrets": secrets}))
+    extra.chmod(0o600)
+    files = render_files(toml, secrets, salt_key=secrets["AUTOPGPOOL_SCRAM_SALT_KEY"])
+    wanted = (f'"{USER}" ', f'"{OWNER}" ')
+    userlist = "".join(line + "\n" for line in files["userlist.txt"].splitlines() if line.startswith(wanted))
+    return extra, userlist
+
+
+def _setup_postgres() -> None:
+    # Constant names and the lab-only password: nothing from outside reaches this SQL.
+    sql = "\n".join(
+        [
+            f"SELECT 'CREATE ROLE {OWNER} LOGIN'",
+            f" WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{OWNER}')\\gexec",
+            "SET password_encryption = 'scram-sha-256';",
+            f"ALTER ROLE {OWNER} PASSWORD '{PASSWORD}';",
+            f"SELECT 'CREATE DATABASE {DB} OWNER {OWNER}'",
+            f" WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DB}')\\gexec",
+            "",
+        ]
+    )
+    lab.ssh(PG, ["sudo", "-u", "postgres", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"], stdin=sql)
+
+
+def _teardown_postgres() -> None:
+    sql = f"DROP DATABASE IF EXISTS {DB} WITH (FORCE);\nDROP ROLE IF EXISTS {OWNER};\n"
+    lab.ssh(PG, ["sudo", "-u", "postgres", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"], stdin=sql)
+
+
+def _setup_pooler(userlist: str, scale: int) -> None:
+    lines = "".join(f"{t.host}:{t.port}:{DB}:{t.user}:{PASSWORD}\n" for t in TARGETS.values())
+    lab.ssh(POOLER, ["install", "-m", "0600", "/dev/stdin", PGPASS], stdin=lines)
+    lab.shell(
+        POOLER,
+        f"PGPASSFILE={PGPASS} pgbench -i -q -s {scale} -h {PG_ADDR} -U {OWNER} {DB} >/dev/null 2>&1"
+        f" || {{ PGPASSFILE={PGPASS} pgbench -i -q -s {scale} -h {PG_ADDR} -U {OWNER} {DB}; exit 1; }}",
+    )
+    lab.ssh(POOLER, ["sudo", "install", "-d", "-m", "0750", "-o", "root", "-g", "pgbouncer", BARE_DIR])
+    lab.put(POOLER, f"{BARE_DIR}/pgbouncer.ini", BARE_INI, owner="pgbouncer", mode="0640")
+    lab.put(POOLER, f"{BARE_DIR}/userlist.txt", userlist, owner="pgbouncer", mode="0640")
+    lab.ssh(
+        POOLER,
+        ["sudo", "systemd-run", f"--unit={BARE_UNIT}", "--collect", "--quiet", "-p", "User=pgbouncer",
+         "-p", "Group=pgbouncer", PGBOUNCER, f"{BARE_DIR}/pgbouncer.ini"],
+    )  # fmt: skip
+    lab.shell(
+        POOLER,
+        f"for i in $(seq 50); do pg_isready -q -h 127.0.0.1 -p {BARE_PORT} && exit 0; sleep 0.1; done; "
+        f"sudo journalctl -u {BARE_UNIT} --no-pager | tail -20 >&2; exit 1",
+    )
+
+
+def _teardown_pooler() -> None:
+    lab.ssh(POOLER, ["sudo", "systemctl", "stop", BARE_UNIT], check=False)
+    lab.ssh(POOLER, ["sudo", "rm", "-rf", BARE_DIR, PGPASS], check=False)
+
+
+def run_pgbench(target: Target, clients: int, connect: bool, seconds: int) -> tuple[str, list[int]]:
+    """One bounded pgbench -S run on the pooler host; returns its report and per-transaction latencies."""
+    argv = ["pgbench", "-n", "-S", "-T", str(seconds), "-c", str(clients), "-j", str(min(clients, 2))]
+    argv += ["-C"] if connect else []
+    argv += ["-l", "--log-prefix", "$d/tx", "-h", target.host, "-p", str(target.port), "-U", target.user, DB]
+    cmd = " ".join(a if a.startswith("$d") else shlex.quote(a) for a in argv)
+    script = (
+        f'd=$(mktemp -d); trap \'rm -rf "$d"\' EXIT; cd "$d"; '
+        f'PGPASSFILE={PGPASS} {cmd} >"$d/out" 2>"$d/err" || {{ cat "$d/err" >&2; exit 1; }}; '
+        f'cat "$d/out"; echo ==LOG==; cat "$d"/tx.*'
+    )
+    out = lab.shell(POOLER, script)
+    report, _, log_text = out.partition("==LOG==\n")
+    return report, latencies_us(log_text.splitlines())
+
+
+def matrix(
+    targets: Sequence[str], clients: Sequence[int], modes: Sequence[str], reps: int, seconds: int
+) -> dict[tuple[str, str, int], Cell]:
+    """Alternate: for each repetition, for each (mode, clients), every target in turn (A,B,C,A,B,C,...)."""
+    cells: dict[tuple[str, str, int], Cell] = {}
+    for target in targets:  # warm-up: fill pools, caches and pgbench's page cache, not recorded
+        run_pgbench(TARGETS[target], 8, False, 2)
+    for rep in range(reps):
+        for mode in modes:
+            for n in clients:
+                for name in targets:
+                    report, lat = run_pgbench(TARGETS[name], n, mode == "-C", seconds)
+                    summary = parse_summary(report)
+                    if summary.failed:
+                        raise RuntimeError(f"{name} {mode} {n}: {summary.failed} failed transactions")
+                    cells.setdefault((name, mode, n), Cell()).add(summary, lat)
+                    lab.log(f"rep {rep + 1}/{reps} {mode:10} c={n:<3} {name:9} tps={summary.tps:9.0f}")
+    return cells
+
+
+def main(  # noqa: PLR0917
+    targets: Sequence[str],
+    clients: Sequence[int],
+    reps: int,
+    seconds: int,
+    scale: int,
+    json_out: Path | None,
+    keep_overlay: bool = False,
+) -> str:
+    modes = ["persistent", "-C"]
+    lab.labctl("up")
+    with tempfile.TemporaryDirectory(prefix="autopgpool-bench-") as tmp:
+        extra, userlist = _overlay_files(Path(tmp))
+        try:
+            lab.log("postgres: bench role and database")
+            _setup_postgres()
+            lab.log("site.yml with the bench overlay (one more user and pool)")
+            lab.playbook("playbooks/site.yml", extra_vars_file=extra)
+            lab.log(f"pool1: pgbench -i -s {scale}, bare pgbouncer on 127.0.0.1:{BARE_PORT}")
+            _setup_pooler(userlist, scale)
+            cells = matrix(targets, clients, modes, reps, seconds)
+        finally:
+            lab.log("restore: stop the bare pgbouncer, redeploy the example, drop the bench database")
+            _teardown_pooler()
+            if not keep_overlay:
+                lab.playbook("playbooks/site.yml")
+            _teardown_postgres()
+    if json_out is not None:
+        json_out.write_text(
+            json.dumps(
+                {f"{t}|{m}|{n}": vars(c) for (t, m, n), c in cells.items()}, indent=1, ensure_ascii=False
+            )
+        )
+    return table(cells, targets, modes, clients)
