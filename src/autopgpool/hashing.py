@@ -14,6 +14,10 @@ its raw UTF-8 bytes.
 Salts (see :func:`choose_scram_verifier`): a verifier from the previous userlist that still matches is kept
 verbatim; otherwise the salt is derived from a per-deployment secret key with HMAC-SHA256, so re-rendering is
 byte-identical while salts stay unpredictable to anyone without the key; without a key the salt is random.
+
+Speed: one PBKDF2 (4096 rounds) per SCRAM user and render, whether the previous verifier is kept or a new one
+is made. :func:`choose_scram_verifiers` spreads them over threads: ``hashlib.pbkdf2_hmac`` releases the GIL,
+so 10,000 users take about 1/cores of the serial time, with the same output in the same order.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import secrets
 import stringprep
 import unicodedata
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from passlib.hash import postgres_md5
@@ -31,6 +38,8 @@ from passlib.hash import postgres_md5
 SCRAM_ITERATIONS = 4096
 SALT_BYTES = 16
 _SALT_CONTEXT = b"autopgpool-scram-salt\0"
+#: Below this many SCRAM users per thread, starting threads costs more than it saves.
+_USERS_PER_THREAD = 64
 
 
 def md5_verifier(username: str, password: str) -> str:
@@ -48,6 +57,10 @@ class ScramKeys:
 def saslprep(password: str) -> bytes:
     """RFC 4013 SASLprep as PostgreSQL applies it: on any failure, fall back to the raw UTF-8 bytes."""
     raw = password.encode("utf-8")
+    if password.isascii() and password.isprintable():
+        # Printable ASCII (0x20-0x7E) is mapped to itself, NFKC leaves it alone and none of it is
+        # prohibited or bidirectional, so SASLprep is the identity: skip the table walk (most passwords).
+        return raw
     mapped = []
     for ch in password:
         if stringprep.in_table_c12(ch):  # non-ASCII space -> space
@@ -133,3 +146,19 @@ def choose_scram_verifier(
         return previous
     salt = derived_salt(salt_key, username, password) if salt_key else secrets.token_bytes(SALT_BYTES)
     return scram_verifier(password, salt)
+
+
+def choose_scram_verifiers(
+    requests: Sequence[tuple[str, str, str | None]], *, salt_key: bytes | None
+) -> list[str]:
+    """:func:`choose_scram_verifier` for many ``(username, password, previous)``, in order, on all cores."""
+
+    def one(request: tuple[str, str, str | None]) -> str:
+        username, password, previous = request
+        return choose_scram_verifier(username, password, salt_key=salt_key, previous=previous)
+
+    workers = min(len(requests) // _USERS_PER_THREAD, os.cpu_count() or 1)
+    if workers <= 1:
+        return [one(r) for r in requests]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="autopgpool-scram") as pool:
+        return list(pool.map(one, requests, chunksize=16))

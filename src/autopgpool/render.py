@@ -33,7 +33,7 @@ import re
 from collections.abc import Mapping
 
 from .config import Config, Pool
-from .hashing import choose_scram_verifier, md5_verifier
+from .hashing import choose_scram_verifiers, md5_verifier
 
 DEFAULT_CONFIG_DIR = "/etc/pgbouncer"
 HEADER = "Rendered by autopgpool from autopgpool.toml; do not edit, changes are overwritten."
@@ -139,15 +139,17 @@ def render_userlist(
     # (the workaround in the module docstring). Validation guarantees one password per name, so a client
     # user with the same name shares this line; pgbouncer accepts a plain password for md5 and SCRAM clients.
     entries: dict[str, str] = {pool.remote.username: pool.remote.password for pool in config.pools}
+    scram: list[tuple[str, str, str | None]] = []
     for user in config.users:
         if user.username in entries:
             continue
         if config.user_auth_type(user) == "md5":
             entries[user.username] = md5_verifier(user.username, user.password)
         else:
-            entries[user.username] = choose_scram_verifier(
-                user.username, user.password, salt_key=salt_key, previous=previous.get(user.username)
-            )
+            scram.append((user.username, user.password, previous.get(user.username)))
+    # The expensive part (one PBKDF2 per SCRAM user), done on every core; see hashing.py.
+    verifiers = choose_scram_verifiers(scram, salt_key=salt_key)
+    entries.update((username, verifier) for (username, _, _), verifier in zip(scram, verifiers, strict=True))
     lines = [
         f";; {HEADER}",
         ";; Client users have MD5 or SCRAM verifiers. Lines with a plain password are the backend users",
