@@ -27,6 +27,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     pg.add_argument("--seconds", type=int, default=5, help="pgbench -T per run (default %(default)s)")
     pg.add_argument("--scale", type=int, default=10, help="pgbench -i -s (default %(default)s)")
     pg.add_argument("--json", type=Path, help="also write every repetition here")
+    pg.add_argument(
+        "--haproxy-global",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="target 'variant': add LINE to the global section of a copy of the deployed haproxy.cfg",
+    )
+    pg.add_argument(
+        "--haproxy-defaults",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="target 'variant': add LINE to its defaults section",
+    )
     gen = sub.add_parser("generate", help="autopgpool generate on a large config (no lab needed)")
     gen.add_argument("--users", type=int, default=10_000)
     gen.add_argument("--pools", type=int, default=1_000)
@@ -40,7 +54,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = sorted(set(targets) - set(layouts.TARGETS))
         if unknown:
             parser.error(f"unknown targets {unknown}; choose from {sorted(layouts.TARGETS)}")
-        out = layouts.main(targets, args.clients, args.reps, args.seconds, args.scale, args.json)
+        out = layouts.main(
+            targets,
+            args.clients,
+            args.reps,
+            args.seconds,
+            args.scale,
+            args.json,
+            args.haproxy_global,
+            args.haproxy_defaults,
+        )
     elif args.part == "generate":
         out = toolkit.generate(args.users, args.pools, args.reps)
     else:

@@ -29,6 +29,8 @@ PASSWORD = "bench-lab-pw-not-secret"  # noqa: S105 - lab-only throw-away, like e
 BARE_PORT = 6499
 BARE_DIR = "/run/autopgpool-bench"
 BARE_UNIT = "autopgpool-bench-pgbouncer"
+VARIANT_PORT = 6433
+VARIANT_UNIT = "autopgpool-bench-haproxy"
 PGPASS = "/tmp/autopgpool-bench.pgpass"  # noqa: S108 - on the lab machine, ops's own 0600 file
 PGBOUNCER = "/opt/pgbouncer/current/bin/pgbouncer"
 
@@ -79,7 +81,47 @@ TARGETS = {
     "bare": Target("bare", "127.0.0.1", BARE_PORT, USER),
     "instance": Target("instance", "127.0.0.1", 6401, USER),
     "stack": Target("stack", "127.0.0.1", 6432, USER),
+    # The deployed haproxy.cfg with changes under test (--haproxy-global/--haproxy-defaults), run next to the
+    # deployed HAProxy on another port, in front of the same instances: A/B of HAProxy tuning in one run.
+    "variant": Target("variant", "127.0.0.1", VARIANT_PORT, USER),
 }
+
+
+def variant_config(deployed: str, global_lines: Sequence[str], defaults_lines: Sequence[str]) -> str:
+    """The deployed haproxy.cfg moved to free ports and its own admin socket, plus the lines under test."""
+    out: list[str] = []
+    section = ""
+    for original in deployed.splitlines():
+        line = original
+        stripped = line.strip()
+        if line and not line[0].isspace():
+            section = stripped.split()[0]
+        if stripped.startswith("stats socket "):
+            line = f"    stats socket {BARE_DIR}/haproxy-admin.sock mode 600 level admin"
+        elif stripped.startswith("bind ") and section == "frontend" and ":6432" in stripped:
+            line = line.replace(":6432", f":{VARIANT_PORT}")
+        elif stripped.startswith("bind "):
+            line = "    bind 127.0.0.1:8405"
+        out.append(line)
+        if stripped == "global":
+            out += [f"    {extra}" for extra in global_lines]
+        elif stripped == "defaults":
+            out += [f"    {extra}" for extra in defaults_lines]
+    return "\n".join(out) + "\n"
+
+
+def _start_variant(global_lines: Sequence[str], defaults_lines: Sequence[str]) -> None:
+    deployed = lab.ssh(POOLER, ["sudo", "cat", "/etc/haproxy/haproxy.cfg"])
+    lab.put(POOLER, f"{BARE_DIR}/haproxy.cfg", variant_config(deployed, global_lines, defaults_lines),
+            owner="root", mode="0600")  # fmt: skip
+    lab.ssh(POOLER, ["sudo", "haproxy", "-c", "-q", "-f", f"{BARE_DIR}/haproxy.cfg"])
+    lab.ssh(POOLER, ["sudo", "systemd-run", f"--unit={VARIANT_UNIT}", "--collect", "--quiet",
+                     "haproxy", "-Ws", "-f", f"{BARE_DIR}/haproxy.cfg"])  # fmt: skip
+    lab.shell(
+        POOLER,
+        f"for i in $(seq 50); do pg_isready -q -h 127.0.0.1 -p {VARIANT_PORT} && exit 0; sleep 0.1; done;"
+        " exit 1",
+    )
 
 
 def _overlay_files(workdir: Path) -> tuple[Path, str]:
@@ -142,6 +184,7 @@ def _setup_pooler(userlist: str, scale: int) -> None:
 
 
 def _teardown_pooler() -> None:
+    lab.ssh(POOLER, ["sudo", "systemctl", "stop", VARIANT_UNIT], check=False)
     lab.ssh(POOLER, ["sudo", "systemctl", "stop", BARE_UNIT], check=False)
     lab.ssh(POOLER, ["sudo", "rm", "-rf", BARE_DIR, PGPASS], check=False)
 
@@ -189,7 +232,8 @@ def main(  # noqa: PLR0917
     seconds: int,
     scale: int,
     json_out: Path | None,
-    keep_overlay: bool = False,
+    haproxy_global: Sequence[str] = (),
+    haproxy_defaults: Sequence[str] = (),
 ) -> str:
     modes = ["persistent", "-C"]
     lab.labctl("up")
@@ -202,12 +246,14 @@ def main(  # noqa: PLR0917
             lab.playbook("playbooks/site.yml", extra_vars_file=extra)
             lab.log(f"pool1: pgbench -i -s {scale}, bare pgbouncer on 127.0.0.1:{BARE_PORT}")
             _setup_pooler(userlist, scale)
+            if "variant" in targets:
+                lab.log(f"pool1: HAProxy variant on :{VARIANT_PORT}: {[*haproxy_global, *haproxy_defaults]}")
+                _start_variant(haproxy_global, haproxy_defaults)
             cells = matrix(targets, clients, modes, reps, seconds)
         finally:
             lab.log("restore: stop the bare pgbouncer, redeploy the example, drop the bench database")
             _teardown_pooler()
-            if not keep_overlay:
-                lab.playbook("playbooks/site.yml")
+            lab.playbook("playbooks/site.yml")
             _teardown_postgres()
     if json_out is not None:
         json_out.write_text(

@@ -89,7 +89,7 @@ def table(
     clients: Sequence[int],
 ) -> str:
     """One markdown table: per (mode, clients) the median tps of every target, the stack's ratios, latency."""
-    labels = {"direct": "PG", "bare": "bare", "instance": "inst", "stack": "stack"}
+    labels = {"direct": "PG", "bare": "bare", "instance": "inst", "stack": "stack", "variant": "var"}
     short = [labels.get(t, t) for t in targets]
     head = ["mode", "clients"]
     head += [f"tps {s}" for s in short]
