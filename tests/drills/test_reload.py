@@ -9,6 +9,7 @@ At the end site.yml with the example config restores everything (again by reload
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from .load import Load
 pytestmark = pytest.mark.drill
 
 NEW_POOL = "drill_extra"
+# The pgbouncer role's reasons for a restart (roles/pgbouncer/tasks/restart.yml), as its warning prints them.
+RESTART_REASON = r"restart-only settings changed \([^)]*\)|pgbouncer@\.service changed|binary is now \S+"
 NEW_PASSWORD = "drill-rotated-both-user-pw"
 EXTRA_POOL = f"""
 [pools.{NEW_POOL}]
@@ -94,8 +97,10 @@ def test_password_rotation_and_new_pool_by_reload_under_load(poolers: list[Host]
         print(f"DRILL reload: logins after the change: {seen}")
         if load.failures:
             print(load.failure_lines())
-        restart_warned = "have not picked up changes that a reload cannot apply" in result.stdout
-        assert not restart_warned, "the change needed a restart:\n" + result.stdout[-3000:]
+        warnings = sorted(set(re.findall(RESTART_REASON, " ".join(result.stdout.split()))))
+        if warnings:
+            print("DRILL reload: site.yml flagged a restart: " + " | ".join(warnings))
+        assert not warnings, "the change needed a restart (see above)"
         assert during == before, f"instances restarted: before {before}, after {during}"
         assert NEW_PASSWORD not in result.stdout + result.stderr
         for host, logins in seen.items():
