@@ -236,7 +236,9 @@ def main(  # noqa: PLR0917
     haproxy_defaults: Sequence[str] = (),
 ) -> str:
     modes = ["persistent", "-C"]
-    lab.labctl("up")
+    lab.labctl("up")  # idempotent; after `make test` the lab may be down or fresh
+    lab.log("postgres.yml (the lab's PostgreSQL with the example's backends)")
+    lab.playbook("lab/playbooks/postgres.yml")
     with tempfile.TemporaryDirectory(prefix="autopgpool-bench-") as tmp:
         extra, userlist = _overlay_files(Path(tmp))
         try:
