@@ -7,6 +7,7 @@ the demo secrets it was deployed with.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -124,4 +125,9 @@ def ansible_playbook(*args: str, timeout: float = 900) -> subprocess.CompletedPr
         str(REPO / "inventories" / "lab"),
         *args,
     ]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+    # The operator's environment, not the caller's: molecule exports its own ANSIBLE_CONFIG, colours, etc.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_"))}
+    env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    return subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
