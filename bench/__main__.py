@@ -41,6 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="LINE",
         help="target 'variant': add LINE to its defaults section",
     )
+    pg.add_argument(
+        "--auth",
+        choices=["scram-sha-256", "md5"],
+        default="scram-sha-256",
+        help="how bench_user and bench_owner authenticate (default %(default)s)",
+    )
     gen = sub.add_parser("generate", help="autopgpool generate on a large config (no lab needed)")
     gen.add_argument("--users", type=int, default=10_000)
     gen.add_argument("--pools", type=int, default=1_000)
@@ -63,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.json,
             args.haproxy_global,
             args.haproxy_defaults,
+            args.auth,
         )
     elif args.part == "generate":
         out = toolkit.generate(args.users, args.pools, args.reps)

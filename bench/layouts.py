@@ -29,6 +29,7 @@ PASSWORD = "bench-lab-pw-not-secret"  # noqa: S105 - lab-only throw-away, like e
 BARE_PORT = 6499
 BARE_DIR = "/run/autopgpool-bench"
 BARE_UNIT = "autopgpool-bench-pgbouncer"
+HBA_MARK = "# autopgpool-bench"
 VARIANT_PORT = 6433
 VARIANT_UNIT = "autopgpool-bench-haproxy"
 PGPASS = "/tmp/autopgpool-bench.pgpass"  # noqa: S108 - on the lab machine, ops's own 0600 file
@@ -43,6 +44,7 @@ OVERLAY = """
 username = "bench_user"
 password = "$BENCH_PASSWORD"
 grants = ["bench"]
+auth_type = "{auth}"
 
 [pools.bench.remote]
 host = "pg1"
@@ -62,7 +64,7 @@ BARE_INI = f"""[databases]
 listen_addr = 127.0.0.1
 listen_port = {BARE_PORT}
 unix_socket_dir =
-auth_type = scram-sha-256
+auth_type = {{auth}}
 auth_file = {BARE_DIR}/userlist.txt
 pool_mode = transaction
 """
@@ -124,9 +126,9 @@ def _start_variant(global_lines: Sequence[str], defaults_lines: Sequence[str]) -
     )
 
 
-def _overlay_files(workdir: Path) -> tuple[Path, str]:
+def _overlay_files(workdir: Path, auth: str) -> tuple[Path, str]:
     """Write the overlay TOML and the extra-vars file; return the extra-vars path and the bare userlist."""
-    toml = (lab.REPO / "examples" / "autopgpool.toml").read_text(encoding="utf-8") + OVERLAY
+    toml = (lab.REPO / "examples" / "autopgpool.toml").read_text(encoding="utf-8") + OVERLAY.format(auth=auth)
     secrets = lab.demo_secrets() | {"BENCH_PASSWORD": PASSWORD}
     toml_path = workdir / "autopgpool-bench.toml"
     toml_path.write_text(toml, encoding="utf-8")
@@ -139,13 +141,27 @@ def _overlay_files(workdir: Path) -> tuple[Path, str]:
     return extra, userlist
 
 
-def _setup_postgres() -> None:
+def _hba(auth: str) -> None:
+    """With --auth md5, let bench_owner log in with MD5 over the bridge: one marked line on top, then reload.
+    The lab's pg_hba.conf says scram-sha-256, which refuses a role whose stored password is MD5."""
+    sed = [f"/{HBA_MARK}/d"]
+    if auth == "md5":
+        sed.append(f"1i host {DB} {OWNER} 10.231.0.0/24 md5 {HBA_MARK}")
+    lab.shell(
+        PG,
+        "f=$(ls /etc/postgresql/*/main/pg_hba.conf); "
+        + " ".join(f"sudo sed -i {shlex.quote(e)} $f;" for e in sed)
+        + " sudo -u postgres psql -X -q -c 'SELECT pg_reload_conf()' >/dev/null",
+    )
+
+
+def _setup_postgres(auth: str) -> None:
     # Constant names and the lab-only password: nothing from outside reaches this SQL.
     sql = "\n".join(
         [
             f"SELECT 'CREATE ROLE {OWNER} LOGIN'",
             f" WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{OWNER}')\\gexec",
-            "SET password_encryption = 'scram-sha-256';",
+            f"SET password_encryption = '{'md5' if auth == 'md5' else 'scram-sha-256'}';",
             f"ALTER ROLE {OWNER} PASSWORD '{PASSWORD}';",
             f"SELECT 'CREATE DATABASE {DB} OWNER {OWNER}'",
             f" WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DB}')\\gexec",
@@ -160,7 +176,7 @@ def _teardown_postgres() -> None:
     lab.ssh(PG, ["sudo", "-u", "postgres", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"], stdin=sql)
 
 
-def _setup_pooler(userlist: str, scale: int) -> None:
+def _setup_pooler(userlist: str, scale: int, auth: str) -> None:
     lines = "".join(f"{t.host}:{t.port}:{DB}:{t.user}:{PASSWORD}\n" for t in TARGETS.values())
     lab.ssh(POOLER, ["install", "-m", "0600", "/dev/stdin", PGPASS], stdin=lines)
     lab.shell(
@@ -169,7 +185,8 @@ def _setup_pooler(userlist: str, scale: int) -> None:
         f" || {{ PGPASSFILE={PGPASS} pgbench -i -q -s {scale} -h {PG_ADDR} -U {OWNER} {DB}; exit 1; }}",
     )
     lab.ssh(POOLER, ["sudo", "install", "-d", "-m", "0750", "-o", "root", "-g", "pgbouncer", BARE_DIR])
-    lab.put(POOLER, f"{BARE_DIR}/pgbouncer.ini", BARE_INI, owner="pgbouncer", mode="0640")
+    bare_ini = BARE_INI.format(auth=auth)
+    lab.put(POOLER, f"{BARE_DIR}/pgbouncer.ini", bare_ini, owner="pgbouncer", mode="0640")
     lab.put(POOLER, f"{BARE_DIR}/userlist.txt", userlist, owner="pgbouncer", mode="0640")
     lab.ssh(
         POOLER,
@@ -234,20 +251,22 @@ def main(  # noqa: PLR0917
     json_out: Path | None,
     haproxy_global: Sequence[str] = (),
     haproxy_defaults: Sequence[str] = (),
+    auth: str = "scram-sha-256",
 ) -> str:
     modes = ["persistent", "-C"]
     lab.labctl("up")  # idempotent; after `make test` the lab may be down or fresh
     lab.log("postgres.yml (the lab's PostgreSQL with the example's backends)")
     lab.playbook("lab/playbooks/postgres.yml")
     with tempfile.TemporaryDirectory(prefix="autopgpool-bench-") as tmp:
-        extra, userlist = _overlay_files(Path(tmp))
+        extra, userlist = _overlay_files(Path(tmp), auth)
         try:
             lab.log("postgres: bench role and database")
-            _setup_postgres()
+            _setup_postgres(auth)
+            _hba(auth)
             lab.log("site.yml with the bench overlay (one more user and pool)")
             lab.playbook("playbooks/site.yml", extra_vars_file=extra)
             lab.log(f"pool1: pgbench -i -s {scale}, bare pgbouncer on 127.0.0.1:{BARE_PORT}")
-            _setup_pooler(userlist, scale)
+            _setup_pooler(userlist, scale, auth)
             if "variant" in targets:
                 lab.log(f"pool1: HAProxy variant on :{VARIANT_PORT}: {[*haproxy_global, *haproxy_defaults]}")
                 _start_variant(haproxy_global, haproxy_defaults)
@@ -257,6 +276,7 @@ def main(  # noqa: PLR0917
             _teardown_pooler()
             lab.playbook("playbooks/site.yml")
             _teardown_postgres()
+            _hba("scram-sha-256")
     if json_out is not None:
         json_out.write_text(
             json.dumps(
