@@ -13,5 +13,5 @@ bench-generate: venv ## autopgpool generate: 10,000 users, 1,000 pools, MD5 and 
 bench-converge: venv lab-image ## Warm converge of the lab (postgres.yml + site.yml twice)
 	$(LAB_LOCK) $(BIN)/python -m bench converge
 
-bench-cold: venv lab-image ## Cold converge: recreates the lab machines, builds pgbouncer (~5 min)
+bench-cold: venv lab-image ## Cold converge: recreates the lab machines, builds pgbouncer (~1-2 min here)
 	$(LAB_LOCK) $(BIN)/python -m bench converge --cold
