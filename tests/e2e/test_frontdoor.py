@@ -122,3 +122,11 @@ def test_haproxy_reload_keeps_established_sessions(host: Host) -> None:
         time.sleep(1)
         assert conn.execute("SELECT 2").fetchone() == (2,)
     assert _query(host) == 1
+    # Once its last session is gone the old worker exits: it stops accepting at the reload, or clients would
+    # keep reaching the old configuration (and drains sent to the admin socket would miss them).
+    for _ in range(50):
+        workers = host.run("pgrep -u haproxy -c -x haproxy || true").strip()
+        if workers == "1":
+            break
+        time.sleep(0.2)
+    assert workers == "1", host.run("ps -o pid,lstart,args -u haproxy")
