@@ -348,6 +348,8 @@ def start_machine(machine: Machine, paths: Paths) -> int:
         "--resolv-conf=off",
         "--timezone=off",
         "--kill-signal=SIGRTMIN+4",
+        # Root on a VM may raise a running process's limits (the pgbouncer role's prlimit); nspawn drops it.
+        "--capability=CAP_SYS_RESOURCE",
     ]
     with open(log_path, "ab") as log:
         log.write(f"\n==== {time.strftime('%F %T')} {' '.join(cmd)}\n".encode())
