@@ -74,7 +74,10 @@ def test_fd_limit_is_the_documented_formula(lab_poolers, example: Config) -> Non
             limits = host.run(f"cat /proc/{pid}/limits")
             match = re.search(r"^Max open files\s+(\d+)\s+(\d+)", limits, re.MULTILINE)
             assert match, limits
-            assert (int(match.group(1)), int(match.group(2))) == (expected, expected), f"{host.name} #{n}"
+            # soft = the formula; the hard ceiling above it lets a grown limit reach running instances.
+            # (systemd caps the role's 524288 at its own hard limit where it lacks CAP_SYS_RESOURCE: the lab.)
+            assert int(match.group(1)) == expected, f"{host.name} #{n}: {match.group(0)}"
+            assert int(match.group(2)) > expected, f"{host.name} #{n}: {match.group(0)}"
 
 
 def test_unit_exposure_is_ok(lab_poolers) -> None:  # type: ignore[no-untyped-def]
