@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from autopgpool.config import Config, parse_config
+from demo_example import read_env_file
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_INVENTORY = REPO / ".lab" / "inventory.yml"
@@ -97,12 +98,7 @@ def postgres_host() -> Host:
 
 @cache
 def demo_secrets() -> Mapping[str, str]:
-    secrets = {}
-    for line in DEMO_ENV.read_text().splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            key, value = line.split("=", 1)
-            secrets[key.strip()] = value.strip()
-    return secrets
+    return read_env_file(DEMO_ENV)
 
 
 @cache

@@ -30,20 +30,13 @@ import pytest
 
 from autopgpool.hashing import scram_verifier
 from autopgpool.render import parse_userlist
+from demo_example import DEMO_ENV
 
 from .pgbouncer_build import ensure_pgbouncer
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_BIN = Path(os.environ.get("AUTOPGPOOL_PG_BIN", "/usr/lib/postgresql/15/bin"))
 RUN_AS = "autopgpool-test"
-DEMO_ENV = {
-    k: v
-    for k, v in (
-        line.split("=", 1)
-        for line in (ROOT / "examples/demo.env").read_text().splitlines()
-        if line and not line.startswith("#")
-    )
-}
 # reporting_owner is the reporting pool's backend user *and* a client user with the same password: one plain
 # userlist.txt line must serve the backend login and md5 or SCRAM client logins.
 SHARED_USER = (

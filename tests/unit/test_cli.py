@@ -4,13 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from demo_example import DEMO_ENV
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples/autopgpool.toml"
-DEMO_ENV = dict(
-    line.split("=", 1)
-    for line in (ROOT / "examples/demo.env").read_text().splitlines()
-    if line and not line.startswith("#")
-)
 SECRETS = [v for k, v in DEMO_ENV.items()]
 
 

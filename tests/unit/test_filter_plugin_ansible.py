@@ -13,14 +13,10 @@ import sys
 from pathlib import Path
 
 from autopgpool import render_files
+from demo_example import DEMO_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples/autopgpool.toml"
-DEMO_ENV = dict(
-    line.split("=", 1)
-    for line in (ROOT / "examples/demo.env").read_text().splitlines()
-    if line and not line.startswith("#")
-)
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 PLAY = """\

@@ -4,17 +4,10 @@ from pathlib import Path
 from autopgpool import backends, render_files, summarize
 from autopgpool.hashing import md5_verifier, scram_matches
 from autopgpool.render import connstr_value, ini_key, parse_userlist
+from demo_example import DEMO_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
-DEMO_ENV = {
-    k: v
-    for k, v in (
-        line.split("=", 1)
-        for line in (ROOT / "examples/demo.env").read_text().splitlines()
-        if line and not line.startswith("#")
-    )
-}
 EXAMPLE = (ROOT / "examples/autopgpool.toml").read_text()
 
 
