@@ -138,3 +138,33 @@ def test_haproxy_reload_keeps_established_sessions(host: Host) -> None:
             break
         time.sleep(0.2)
     assert workers == "1", host.run("ps -o pid,lstart,args -u haproxy")
+
+
+@pytest.mark.parametrize("host", POOLERS[:1], ids=lambda h: h.name)
+def test_haproxy_logs_failed_sessions_only(host: Host) -> None:
+    """Normal sessions leave no line (journald's rate limit must not drop errors among thousands of connects);
+    a session HAProxy could not serve is logged with its client address."""
+    since = host.run("date +%s.%N").strip()
+    assert all(_query(host) == 1 for _ in range(5))
+    servers = sorted(_server_states(host))
+    admin = "socat stdio /run/haproxy/admin.sock"
+    try:
+        for server in servers:
+            host.run(f"echo 'set server pgbouncer_instances/{server} state maint' | {admin}")
+        with socket.create_connection((host.address, example_config().listen_port), timeout=5) as sock:
+            client = "{}:{}".format(*sock.getsockname()[:2])
+            sock.sendall(bytes.fromhex("0000000804d2162f"))  # SSLRequest; no instance to hand it to
+            sock.settimeout(10)
+            assert sock.recv(1) == b""  # HAProxy gives up and closes
+    finally:
+        for server in servers:
+            host.run(f"echo 'set server pgbouncer_instances/{server} state ready' | {admin}")
+    time.sleep(0.5)  # journald receives the datagram asynchronously
+    lines = [
+        line
+        for line in host.run(f"journalctl -q -o cat -u haproxy.service --since=@{since}").splitlines()
+        if " pgbouncer " in line and "pgbouncer_instances/" in line
+    ]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{client} "), lines
+    assert "pgbouncer_instances/<NOSRV>" in lines[0], lines
