@@ -47,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="scram-sha-256",
         help="how bench_user and bench_owner authenticate (default %(default)s)",
     )
+    pg.add_argument(
+        "--threads",
+        type=int,
+        help="pgbench -j for every run (default: one per client with -C, at most 2 for persistent runs)",
+    )
     gen = sub.add_parser("generate", help="autopgpool generate on a large config (no lab needed)")
     gen.add_argument("--users", type=int, default=10_000)
     gen.add_argument("--pools", type=int, default=1_000)
@@ -70,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.haproxy_global,
             args.haproxy_defaults,
             args.auth,
+            args.threads,
         )
     elif args.part == "generate":
         out = toolkit.generate(args.users, args.pools, args.reps)

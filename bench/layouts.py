@@ -17,7 +17,7 @@ from pathlib import Path
 from autopgpool.api import render_files
 
 from . import lab
-from .stats import Cell, latencies_us, parse_summary, table
+from .stats import Cell, cpu_table, cpu_us_per_transaction, latencies_us, parse_summary, table
 
 POOLER = "pool1"
 PG = "pg1"
@@ -206,38 +206,90 @@ def _teardown_pooler() -> None:
     lab.ssh(POOLER, ["sudo", "rm", "-rf", BARE_DIR, PGPASS], check=False)
 
 
-def run_pgbench(target: Target, clients: int, connect: bool, seconds: int) -> tuple[str, list[int]]:
-    """One bounded pgbench -S run on the pooler host; returns its report and per-transaction latencies."""
-    argv = ["pgbench", "-n", "-S", "-T", str(seconds), "-c", str(clients), "-j", str(min(clients, 2))]
+# CPU time (utime + stime, in clock ticks) of the pooler host's long-running processes, summed by name.
+_CPU_SNAPSHOT = (
+    'cat /proc/[0-9]*/stat 2>/dev/null | awk \'$2 == "(haproxy)" || $2 == "(pgbouncer)" '
+    '|| $2 == "(systemd-journal)" { t[$2] += $14 + $15 } END { for (k in t) print k, t[k] }\''
+)
+_CPU_NAMES = {"(haproxy)": "haproxy", "(pgbouncer)": "pgbouncer", "(systemd-journal)": "journald"}
+
+
+def threads_for(clients: int, connect: bool, threads: int | None) -> int:
+    """pgbench -j. With -C every client its own thread: pgbench connects synchronously, so clients sharing a
+    thread would wait for each other's connects and the run would measure connect latency, not how many
+    connections per second a layout serves to independent clients (forked workers, serverless functions).
+    Persistent clients share at most 2 threads (the lab's cores); their queries are asynchronous."""
+    if threads is not None:
+        return min(clients, threads)
+    return clients if connect else min(clients, 2)
+
+
+def _cpu_seconds(before: str, after: str, pgbench_times: str, tick_hz: int) -> dict[str, float]:
+    def ticks(text: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in _CPU_NAMES:
+                out[_CPU_NAMES[name]] = int(value)
+        return out
+
+    start, end = ticks(before), ticks(after)
+    seconds = {name: (end[name] - start.get(name, 0)) / tick_hz for name in end}
+    user, system = (float(x) for x in pgbench_times.split())
+    seconds["pgbench"] = user + system
+    return seconds
+
+
+def run_pgbench(
+    target: Target, clients: int, connect: bool, seconds: int, threads: int | None = None
+) -> tuple[str, list[int], dict[str, float]]:
+    """One bounded pgbench -S run on the pooler host; returns its report, per-transaction latencies and the
+    CPU seconds of pgbench, pgbouncer, HAProxy and journald on that host during the run."""
+    argv = ["pgbench", "-n", "-S", "-T", str(seconds), "-c", str(clients)]
+    argv += ["-j", str(threads_for(clients, connect, threads))]
     argv += ["-C"] if connect else []
     argv += ["-l", "--log-prefix", "$d/tx", "-h", target.host, "-p", str(target.port), "-U", target.user, DB]
     cmd = " ".join(a if a.startswith("$d") else shlex.quote(a) for a in argv)
     script = (
         f'd=$(mktemp -d); trap \'rm -rf "$d"\' EXIT; cd "$d"; '
-        f'PGPASSFILE={PGPASS} {cmd} >"$d/out" 2>"$d/err" || {{ cat "$d/err" >&2; exit 1; }}; '
-        f'cat "$d/out"; echo ==LOG==; cat "$d"/tx.*'
+        f'export PGPASSFILE={PGPASS}; TIMEFORMAT="%U %S"; '
+        f'{_CPU_SNAPSHOT} >"$d/cpu0"; '
+        f'{{ time {cmd} >"$d/out" 2>"$d/err"; }} 2>"$d/time" || {{ cat "$d/err" >&2; exit 1; }}; '
+        f'{_CPU_SNAPSHOT} >"$d/cpu1"; '
+        f'cat "$d/out"; echo ==CPU==; cat "$d/cpu0"; echo ==; cat "$d/cpu1"; echo ==; cat "$d/time"; '
+        f'getconf CLK_TCK; echo ==LOG==; cat "$d"/tx.*'
     )
     out = lab.shell(POOLER, script)
-    report, _, log_text = out.partition("==LOG==\n")
-    return report, latencies_us(log_text.splitlines())
+    report, _, rest = out.partition("==CPU==\n")
+    cpu_text, _, log_text = rest.partition("==LOG==\n")
+    before, after, tail = cpu_text.split("==\n")
+    pgbench_times, tick_hz = tail.splitlines()
+    cpu = _cpu_seconds(before, after, pgbench_times, int(tick_hz))
+    return report, latencies_us(log_text.splitlines()), cpu
 
 
-def matrix(
-    targets: Sequence[str], clients: Sequence[int], modes: Sequence[str], reps: int, seconds: int
+def matrix(  # noqa: PLR0917
+    targets: Sequence[str],
+    clients: Sequence[int],
+    modes: Sequence[str],
+    reps: int,
+    seconds: int,
+    threads: int | None = None,
 ) -> dict[tuple[str, str, int], Cell]:
     """Alternate: for each repetition, for each (mode, clients), every target in turn (A,B,C,A,B,C,...)."""
     cells: dict[tuple[str, str, int], Cell] = {}
     for target in targets:  # warm-up: fill pools, caches and pgbench's page cache, not recorded
-        run_pgbench(TARGETS[target], 8, False, 2)
+        run_pgbench(TARGETS[target], 8, False, 2, threads)
     for rep in range(reps):
         for mode in modes:
             for n in clients:
                 for name in targets:
-                    report, lat = run_pgbench(TARGETS[name], n, mode == "-C", seconds)
+                    report, lat, cpu = run_pgbench(TARGETS[name], n, mode == "-C", seconds, threads)
                     summary = parse_summary(report)
                     if summary.failed:
                         raise RuntimeError(f"{name} {mode} {n}: {summary.failed} failed transactions")
-                    cells.setdefault((name, mode, n), Cell()).add(summary, lat)
+                    per_tx = cpu_us_per_transaction(cpu, summary.transactions)
+                    cells.setdefault((name, mode, n), Cell()).add(summary, lat, per_tx)
                     lab.log(f"rep {rep + 1}/{reps} {mode:10} c={n:<3} {name:9} tps={summary.tps:9.0f}")
     return cells
 
@@ -252,6 +304,7 @@ def main(  # noqa: PLR0917
     haproxy_global: Sequence[str] = (),
     haproxy_defaults: Sequence[str] = (),
     auth: str = "scram-sha-256",
+    threads: int | None = None,
 ) -> str:
     modes = ["persistent", "-C"]
     lab.labctl("up")  # idempotent; after `make test` the lab may be down or fresh
@@ -270,7 +323,7 @@ def main(  # noqa: PLR0917
             if "variant" in targets:
                 lab.log(f"pool1: HAProxy variant on :{VARIANT_PORT}: {[*haproxy_global, *haproxy_defaults]}")
                 _start_variant(haproxy_global, haproxy_defaults)
-            cells = matrix(targets, clients, modes, reps, seconds)
+            cells = matrix(targets, clients, modes, reps, seconds, threads)
         finally:
             lab.log("restore: stop the bare pgbouncer, redeploy the example, drop the bench database")
             _teardown_pooler()
@@ -283,4 +336,5 @@ def main(  # noqa: PLR0917
                 {f"{t}|{m}|{n}": vars(c) for (t, m, n), c in cells.items()}, indent=1, ensure_ascii=False
             )
         )
-    return table(cells, targets, modes, clients)
+    cpu = cpu_table(cells, targets, modes, clients)
+    return f"{table(cells, targets, modes, clients)}\n\nCPU µs per transaction on {POOLER}:\n\n{cpu}"

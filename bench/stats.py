@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 _TPS = re.compile(r"^tps = ([0-9.]+)", re.MULTILINE)
 _CONN = re.compile(r"^average connection time = ([0-9.]+) ms", re.MULTILINE)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
+_DONE = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
+
+#: Processes on the pooler host whose CPU time a run charges to its transactions, as the table names them.
+CPU_PARTS = ("pgbench", "pgbouncer", "haproxy", "journald")
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,7 @@ class PgbenchSummary:
     tps: float
     connect_ms: float | None
     failed: int
+    transactions: int
 
 
 def parse_summary(text: str) -> PgbenchSummary:
@@ -27,11 +32,20 @@ def parse_summary(text: str) -> PgbenchSummary:
         raise ValueError(f"no 'tps = ' line in pgbench output:\n{text}")
     conn = _CONN.search(text)
     failed = _FAILED.search(text)
+    done = _DONE.search(text)
     return PgbenchSummary(
         tps=float(tps.group(1)),
         connect_ms=float(conn.group(1)) if conn else None,
         failed=int(failed.group(1)) if failed else 0,
+        transactions=int(done.group(1)) if done else 0,
     )
+
+
+def cpu_us_per_transaction(seconds: dict[str, float], transactions: int) -> dict[str, float]:
+    """CPU seconds per process kind over a run -> µs per transaction (nan without transactions)."""
+    if not transactions:
+        return dict.fromkeys(CPU_PARTS, math.nan)
+    return {part: seconds.get(part, 0.0) * 1e6 / transactions for part in CPU_PARTS}
 
 
 def latencies_us(log_lines: Iterable[str]) -> list[int]:
@@ -61,9 +75,14 @@ class Cell:
     p50_ms: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
     connect_ms: list[float] = field(default_factory=list)
+    cpu_us: dict[str, list[float]] = field(default_factory=dict)
 
-    def add(self, summary: PgbenchSummary, lat_us: Sequence[int]) -> None:
+    def add(
+        self, summary: PgbenchSummary, lat_us: Sequence[int], cpu_us: dict[str, float] | None = None
+    ) -> None:
         self.tps.append(summary.tps)
+        for part, value in (cpu_us or {}).items():
+            self.cpu_us.setdefault(part, []).append(value)
         self.p50_ms.append(percentile(lat_us, 50) / 1000)
         self.p99_ms.append(percentile(lat_us, 99) / 1000)
         if summary.connect_ms is not None:
@@ -120,6 +139,28 @@ def table(
                 row.append(
                     " / ".join(_fmt(median(got[t].connect_ms), 2) for t in targets) if mode == "-C" else ""
                 )
+            rows.append(row)
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+def cpu_table(
+    cells: dict[tuple[str, str, int], Cell],
+    targets: Sequence[str],
+    modes: Sequence[str],
+    clients: Sequence[int],
+) -> str:
+    """CPU time on the pooler host per transaction (median µs), by process kind, for every target."""
+    labels = {"direct": "PG", "bare": "bare", "instance": "inst", "stack": "stack", "variant": "var"}
+    head = ["mode", "clients"]
+    head += [f"{labels.get(t, t)}: " + " / ".join(CPU_PARTS) + " = total" for t in targets]
+    rows = [head, ["---"] * len(head)]
+    for mode in modes:
+        for n in clients:
+            row = [mode, str(n)]
+            for t in targets:
+                got = cells.get((t, mode, n), Cell()).cpu_us
+                parts = [median(got.get(part, [])) for part in CPU_PARTS]
+                row.append(" / ".join(_fmt(v, 0) for v in parts) + f" = {_fmt(sum(parts), 0)}")
             rows.append(row)
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
