@@ -319,6 +319,7 @@ def main(  # noqa: PLR0917
             lab.log("site.yml with the bench overlay (one more user and pool)")
             lab.playbook("playbooks/site.yml", extra_vars_file=extra)
             lab.log(f"pool1: pgbench -i -s {scale}, bare pgbouncer on 127.0.0.1:{BARE_PORT}")
+            _teardown_pooler()  # leftovers of an interrupted run
             _setup_pooler(userlist, scale, auth)
             if "variant" in targets:
                 lab.log(f"pool1: HAProxy variant on :{VARIANT_PORT}: {[*haproxy_global, *haproxy_defaults]}")
