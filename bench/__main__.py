@@ -52,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         help="pgbench -j for every run (default: one per client with -C, at most 2 for persistent runs)",
     )
+    pg.add_argument(
+        "--sslmode",
+        choices=["disable", "prefer"],
+        help="PGSSLMODE for every run (default: libpq's, prefer: TLS wherever the server offers it)",
+    )
     gen = sub.add_parser("generate", help="autopgpool generate on a large config (no lab needed)")
     gen.add_argument("--users", type=int, default=10_000)
     gen.add_argument("--pools", type=int, default=1_000)
@@ -69,13 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets,
             args.clients,
             args.reps,
-            args.seconds,
+            layouts.RunShape(args.seconds, args.threads, args.sslmode),
             args.scale,
             args.json,
             args.haproxy_global,
             args.haproxy_defaults,
             args.auth,
-            args.threads,
         )
     elif args.part == "generate":
         out = toolkit.generate(args.users, args.pools, args.reps)

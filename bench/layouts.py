@@ -214,6 +214,17 @@ _CPU_SNAPSHOT = (
 _CPU_NAMES = {"(haproxy)": "haproxy", "(pgbouncer)": "pgbouncer", "(systemd-journal)": "journald"}
 
 
+@dataclass(frozen=True)
+class RunShape:
+    """How every pgbench run of a benchmark is shaped."""
+
+    seconds: int = 5
+    #: pgbench -j for every run; None: see threads_for.
+    threads: int | None = None
+    #: PGSSLMODE for every run; None: libpq's default (prefer: TLS wherever the server offers it).
+    sslmode: str | None = None
+
+
 def threads_for(clients: int, connect: bool, threads: int | None) -> int:
     """pgbench -j. With -C every client its own thread: pgbench connects synchronously, so clients sharing a
     thread would wait for each other's connects and the run would measure connect latency, not how many
@@ -241,18 +252,19 @@ def _cpu_seconds(before: str, after: str, pgbench_times: str, tick_hz: int) -> d
 
 
 def run_pgbench(
-    target: Target, clients: int, connect: bool, seconds: int, threads: int | None = None
+    target: Target, clients: int, connect: bool, shape: RunShape
 ) -> tuple[str, list[int], dict[str, float]]:
     """One bounded pgbench -S run on the pooler host; returns its report, per-transaction latencies and the
     CPU seconds of pgbench, pgbouncer, HAProxy and journald on that host during the run."""
-    argv = ["pgbench", "-n", "-S", "-T", str(seconds), "-c", str(clients)]
-    argv += ["-j", str(threads_for(clients, connect, threads))]
+    argv = ["pgbench", "-n", "-S", "-T", str(shape.seconds), "-c", str(clients)]
+    argv += ["-j", str(threads_for(clients, connect, shape.threads))]
     argv += ["-C"] if connect else []
     argv += ["-l", "--log-prefix", "$d/tx", "-h", target.host, "-p", str(target.port), "-U", target.user, DB]
     cmd = " ".join(a if a.startswith("$d") else shlex.quote(a) for a in argv)
     script = (
         f'd=$(mktemp -d); trap \'rm -rf "$d"\' EXIT; cd "$d"; '
-        f'export PGPASSFILE={PGPASS}; TIMEFORMAT="%U %S"; '
+        f"export PGPASSFILE={PGPASS}{f' PGSSLMODE={shlex.quote(shape.sslmode)}' if shape.sslmode else ''}; "
+        'TIMEFORMAT="%U %S"; '
         f'{_CPU_SNAPSHOT} >"$d/cpu0"; '
         f'{{ time {cmd} >"$d/out" 2>"$d/err"; }} 2>"$d/time" || {{ cat "$d/err" >&2; exit 1; }}; '
         f'{_CPU_SNAPSHOT} >"$d/cpu1"; '
@@ -268,23 +280,18 @@ def run_pgbench(
     return report, latencies_us(log_text.splitlines()), cpu
 
 
-def matrix(  # noqa: PLR0917
-    targets: Sequence[str],
-    clients: Sequence[int],
-    modes: Sequence[str],
-    reps: int,
-    seconds: int,
-    threads: int | None = None,
+def matrix(
+    targets: Sequence[str], clients: Sequence[int], modes: Sequence[str], reps: int, shape: RunShape
 ) -> dict[tuple[str, str, int], Cell]:
     """Alternate: for each repetition, for each (mode, clients), every target in turn (A,B,C,A,B,C,...)."""
     cells: dict[tuple[str, str, int], Cell] = {}
     for target in targets:  # warm-up: fill pools, caches and pgbench's page cache, not recorded
-        run_pgbench(TARGETS[target], 8, False, 2, threads)
+        run_pgbench(TARGETS[target], 8, False, RunShape(2, shape.threads, shape.sslmode))
     for rep in range(reps):
         for mode in modes:
             for n in clients:
                 for name in targets:
-                    report, lat, cpu = run_pgbench(TARGETS[name], n, mode == "-C", seconds, threads)
+                    report, lat, cpu = run_pgbench(TARGETS[name], n, mode == "-C", shape)
                     summary = parse_summary(report)
                     if summary.failed:
                         raise RuntimeError(f"{name} {mode} {n}: {summary.failed} failed transactions")
@@ -298,13 +305,12 @@ def main(  # noqa: PLR0917
     targets: Sequence[str],
     clients: Sequence[int],
     reps: int,
-    seconds: int,
+    shape: RunShape,
     scale: int,
     json_out: Path | None,
     haproxy_global: Sequence[str] = (),
     haproxy_defaults: Sequence[str] = (),
     auth: str = "scram-sha-256",
-    threads: int | None = None,
 ) -> str:
     modes = ["persistent", "-C"]
     lab.labctl("up")  # idempotent; after `make test` the lab may be down or fresh
@@ -324,7 +330,7 @@ def main(  # noqa: PLR0917
             if "variant" in targets:
                 lab.log(f"pool1: HAProxy variant on :{VARIANT_PORT}: {[*haproxy_global, *haproxy_defaults]}")
                 _start_variant(haproxy_global, haproxy_defaults)
-            cells = matrix(targets, clients, modes, reps, seconds, threads)
+            cells = matrix(targets, clients, modes, reps, shape)
         finally:
             lab.log("restore: stop the bare pgbouncer, redeploy the example, drop the bench database")
             _teardown_pooler()
