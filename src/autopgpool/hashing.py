@@ -33,8 +33,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from passlib.hash import postgres_md5
-
 SCRAM_ITERATIONS = 4096
 SALT_BYTES = 16
 _SALT_CONTEXT = b"autopgpool-scram-salt\0"
@@ -44,7 +42,10 @@ _USERS_PER_THREAD = 64
 
 def md5_verifier(username: str, password: str) -> str:
     """PostgreSQL's MD5 verifier, e.g. user1/pass1 -> md55e4eab96e8b9868ed28cc79c9ceec8b3."""
-    return str(postgres_md5.hash(password, user=username))  # type: ignore[no-untyped-call]
+    # "md5" + md5(password || username): the format PostgreSQL and pgbouncer store. MD5 is what this format
+    # is, not a choice made here (usedforsecurity=False keeps it available on FIPS-mode OpenSSL builds).
+    digest = hashlib.md5((password + username).encode("utf-8"), usedforsecurity=False).hexdigest()
+    return f"md5{digest}"
 
 
 @dataclass(frozen=True)
