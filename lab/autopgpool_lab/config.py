@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Bump whenever image-time setup changes in a way that must invalidate cached images.
-IMAGE_SETUP_VERSION = 4
+IMAGE_SETUP_VERSION = 5
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = REPO_ROOT / ".lab"

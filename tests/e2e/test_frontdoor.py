@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from .stack import Host, example_config, poolers
+from .stack import Host, example_config, poolers, postgres_host
 
 pytestmark = pytest.mark.e2e
 
@@ -168,3 +168,11 @@ def test_haproxy_logs_failed_sessions_only(host: Host) -> None:
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"{client} "), lines
     assert "pgbouncer_instances/<NOSRV>" in lines[0], lines
+
+
+def test_haproxy_runs_only_on_poolers() -> None:
+    """The lab image carries HAProxy for every machine; only the haproxy role may enable and start it."""
+    state = postgres_host().run(
+        "systemctl is-enabled haproxy.service; systemctl is-active haproxy.service", check=False
+    )
+    assert state.split() == ["disabled", "inactive"], state
