@@ -78,6 +78,13 @@ SETTINGS: dict[str, Default] = {
         "handed out, so a connection broken while idle is replaced instead of failing a client's query "
         "(pgbouncer's default waits 30 s).",
     ),
+    "log_connections": Default(
+        0,
+        "One log line per client session, not two: log_disconnections (on) already names the database, user, "
+        "session age and the reason, failed logins included. Two lines per connection reach journald's "
+        "per-unit rate limit (10,000 lines per 30 s) at 167 connections per second, and suppressed lines "
+        "would include the errors (pgbouncer's default is 1).",
+    ),
     "server_reset_query": Default(
         "DISCARD ALL",
         "Stated explicitly: session-mode pools hand the next client a clean session. Transaction and "

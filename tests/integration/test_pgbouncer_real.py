@@ -342,6 +342,32 @@ def test_wrong_password_and_unknown_user_are_refused(lab: Lab) -> None:
         lab.connect("app", "nobody_declared", password="wrong")
 
 
+def test_log_has_one_line_per_session_and_every_failed_login(lab: Lab) -> None:
+    """log_connections = 0 (the core's default): no login line, but every session's end and reason."""
+    log = lab.base / "pgbouncer-1.log"
+    start = log.stat().st_size
+    assert lab.current_db("app", "app_user", "APP_USER_PASSWORD") == "app_db"
+    with pytest.raises(Refused):
+        lab.connect("reporting", "report_user", password="wrong")  # md5: logged only by log_disconnections
+    with pytest.raises(Refused):
+        lab.connect("app", "app_user", password="wrong")
+
+    def new_lines() -> str:
+        with log.open("rb") as f:
+            f.seek(start)
+            return f.read().decode()
+
+    _eventually(lambda: new_lines().count("closing because:") >= 3, "three session ends in the log")
+    text = new_lines()
+    assert "login attempt" not in text
+    lines = text.splitlines()
+    assert any("app/app_user@" in line and "client close request" in line for line in lines), text
+    assert any(
+        "reporting/report_user@" in line and "password authentication failed" in line for line in lines
+    ), text
+    assert any("app/app_user@" in line and "SASL authentication failed" in line for line in lines), text
+
+
 def test_backend_user_cannot_log_in_as_client(lab: Lab) -> None:
     # app_owner's plain password is in userlist.txt, but no hba line admits it: the reject-all tail refuses
     # it, even with the right password and even though PostgreSQL itself would let it in.
