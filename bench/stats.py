@@ -97,6 +97,17 @@ def _fmt(value: float, digits: int) -> str:
     return "-" if math.isnan(value) else f"{value:.{digits}f}"
 
 
+#: Column names of the targets in every table.
+LABELS = {"direct": "PG", "bare": "bare", "instance": "inst", "stack": "stack", "variant": "var"}
+
+
+def simple_table(rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table from a header row and data rows."""
+    head, *body = rows
+    lines = [head, ["---"] * len(head), *body]
+    return "\n".join("| " + " | ".join(r) + " |" for r in lines)
+
+
 def ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
 
@@ -108,21 +119,20 @@ def table(
     clients: Sequence[int],
 ) -> str:
     """One markdown table: per (mode, clients) the median tps of every target, the stack's ratios, latency."""
-    labels = {"direct": "PG", "bare": "bare", "instance": "inst", "stack": "stack", "variant": "var"}
-    short = [labels.get(t, t) for t in targets]
+    short = [LABELS.get(t, t) for t in targets]
     head = ["mode", "clients"]
     head += [f"tps {s}" for s in short]
     have = set(targets)
     ratios = [
         (a, b) for a, b in (("stack", "direct"), ("stack", "bare"), ("instance", "bare")) if {a, b} <= have
     ]
-    head += [f"{labels[a]}/{labels[b]}" for a, b in ratios]
+    head += [f"{LABELS[a]}/{LABELS[b]}" for a, b in ratios]
     head += ["p50 ms " + " / ".join(short), "p99 ms " + " / ".join(short)]
     if {"stack", "bare"} <= have:
         head.append("stack-bare p50 ms")
     if "-C" in modes:
         head.append("connect ms " + " / ".join(short))
-    rows = [head, ["---"] * len(head)]
+    rows = [head]
     for mode in modes:
         for n in clients:
             got = {t: cells.get((t, mode, n), Cell()) for t in targets}
@@ -140,7 +150,7 @@ def table(
                     " / ".join(_fmt(median(got[t].connect_ms), 2) for t in targets) if mode == "-C" else ""
                 )
             rows.append(row)
-    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+    return simple_table(rows)
 
 
 def cpu_table(
@@ -150,10 +160,9 @@ def cpu_table(
     clients: Sequence[int],
 ) -> str:
     """CPU time on the pooler host per transaction (median µs), by process kind, for every target."""
-    labels = {"direct": "PG", "bare": "bare", "instance": "inst", "stack": "stack", "variant": "var"}
     head = ["mode", "clients"]
-    head += [f"{labels.get(t, t)}: " + " / ".join(CPU_PARTS) + " = total" for t in targets]
-    rows = [head, ["---"] * len(head)]
+    head += [f"{LABELS.get(t, t)}: " + " / ".join(CPU_PARTS) + " = total" for t in targets]
+    rows = [head]
     for mode in modes:
         for n in clients:
             row = [mode, str(n)]
@@ -162,11 +171,4 @@ def cpu_table(
                 parts = [median(got.get(part, [])) for part in CPU_PARTS]
                 row.append(" / ".join(_fmt(v, 0) for v in parts) + f" = {_fmt(sum(parts), 0)}")
             rows.append(row)
-    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
-
-
-def simple_table(rows: Sequence[Sequence[str]]) -> str:
-    """A markdown table from a header row and data rows."""
-    head, *body = rows
-    lines = [head, ["---"] * len(head), *body]
-    return "\n".join("| " + " | ".join(r) + " |" for r in lines)
+    return simple_table(rows)
