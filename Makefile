@@ -14,10 +14,10 @@ LAB_INVENTORY := -i .lab/inventory.yml -i inventories/lab
 LAB_LOCK := flock /run/lock/autopgpool-lab.lock
 
 # Controller packages: the lab (debootstrap, nspawn, bridge, ssh), the pinned pgbouncer build and a
-# PostgreSQL server for the integration tests, HAProxy for checking haproxy.cfg locally.
+# PostgreSQL server for the integration tests, HAProxy for the admin-socket module tests.
 APT_PACKAGES := debootstrap systemd-container iproute2 openssh-client rsync curl ca-certificates \
 	build-essential pkg-config libevent-dev libssl-dev libc-ares-dev libsystemd-dev \
-	postgresql postgresql-client postgresql-contrib python3-venv
+	postgresql postgresql-client postgresql-contrib python3-venv haproxy
 
 include lab/lab.mk
 -include mk/*.mk

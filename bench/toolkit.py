@@ -12,7 +12,7 @@ from pathlib import Path
 from . import lab
 from .stats import median, simple_table
 
-SALT_KEY = "bench-salt-key-not-secret"
+SALT_KEY = "bench-salt-key-not-secret-lab-only-0001"
 
 
 def big_config(users: int, pools: int, auth_type: str) -> tuple[str, dict[str, str]]:

@@ -95,6 +95,8 @@ def summarize(toml_text: str, secrets: Mapping[str, str]) -> dict[str, Any]:
         "admin_users": list(config.admin_users),
         "stats_users": list(config.stats_users),
         "auth_type": config.auth_type,
+        # The role requires a SCRAM salt key exactly when some user's verifier is SCRAM.
+        "uses_scram": any(config.user_auth_type(user) == "scram-sha-256" for user in config.users),
         # pgbouncer answers an SSLRequest with 'S' when client TLS is on, else 'N' (HAProxy's health check).
         "client_tls": config.settings.get("client_tls_sslmode", "disable") != "disable",
         "file_descriptor_limit": file_descriptor_limit(config),

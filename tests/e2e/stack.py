@@ -6,11 +6,14 @@ the demo secrets it was deployed with.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -111,9 +114,8 @@ def instance_count(host: Host) -> int:
     return len([line for line in units.splitlines() if line.strip()])
 
 
-def ansible_playbook(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    """Run a playbook against the lab exactly as `make demo` does."""
-    command: Sequence[str] = [
+def _playbook_command(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    command = [
         str(REPO / ".venv" / "bin" / "ansible-playbook"),
         "-i",
         str(LAB_INVENTORY),
@@ -123,7 +125,89 @@ def ansible_playbook(*args: str, timeout: float = 900) -> subprocess.CompletedPr
     ]
     # The operator's environment, not the caller's: molecule exports its own ANSIBLE_CONFIG, colours, etc.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_"))}
-    env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", PYTHONUNBUFFERED="1")
+    return command, env
+
+
+def ansible_playbook(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run a playbook against the lab exactly as `make demo` does."""
+    command, env = _playbook_command(args)
     return subprocess.run(
         command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def ansible_playbook_watched(
+    *args: str, on_line: Callable[[str], bool], timeout: float = 900
+) -> tuple[int | None, str]:
+    """Run a playbook, calling ``on_line`` with each line of its output as it comes. When ``on_line`` returns
+    True the playbook is killed (SIGKILL to all its processes), as a lost controller would stop it.
+    Returns the exit code (None when killed) and the output."""
+    command, env = _playbook_command(args)
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    killed = False
+    deadline = time.monotonic() + timeout
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if on_line(line) or time.monotonic() > deadline:
+                killed = True
+                break
+    finally:
+        if killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout)
+    return (None if killed else proc.returncode), "".join(lines)
+
+
+def ansible_playbook_killed(*args: str, after: str, timeout: float = 600) -> str:
+    """Kill the playbook right after the task named by ``after`` has finished on every host of its batch (at
+    the next task's header). Fails unless it got there."""
+    seen = False
+
+    def at_next_task(line: str) -> bool:
+        nonlocal seen
+        if seen and line.startswith("TASK ["):
+            return True
+        seen = seen or after in line
+        return False
+
+    returncode, output = ansible_playbook_watched(*args, on_line=at_next_task, timeout=timeout)
+    if returncode is not None or not seen:
+        raise AssertionError(
+            f"the playbook was not stopped after {after!r} (rc {returncode}):\n{output[-3000:]}"
+        )
+    return output
+
+
+def haproxy_servers(host: Host) -> dict[str, dict[str, str]]:
+    """`show stat` of the instances' backend, read on the host with Python (no socat needed): by server name,
+    its status (UP, DOWN, DRAIN, MAINT...), current sessions and session limit."""
+    out = host.run("python3 -", stdin=_SHOW_STAT)
+    servers = {}
+    for line in out.splitlines():
+        fields = line.split(",")
+        if len(fields) > 17 and fields[0] == "pgbouncer_instances" and fields[1].startswith("pgbouncer"):
+            servers[fields[1]] = {"status": fields[17], "sessions": fields[4], "limit": fields[6]}
+    return servers
+
+
+def haproxy_admin(host: Host, command: str) -> str:
+    """One command on the admin socket, e.g. ``set server pgbouncer_instances/pgbouncer1 state ready``."""
+    return host.run(f"python3 - {shlex.quote(command)}", stdin=_ADMIN_COMMAND)
+
+
+_ADMIN_COMMAND = """
+import socket, sys
+with socket.socket(socket.AF_UNIX) as sock:
+    sock.connect("/run/haproxy/admin.sock")
+    sock.sendall(sys.argv[1].encode() + b"\\n")
+    sys.stdout.write(sock.makefile().read())
+"""
+_SHOW_STAT = _ADMIN_COMMAND.replace("sys.argv[1].encode()", 'b"show stat"')

@@ -30,7 +30,7 @@ def _recap(output: str) -> dict[str, dict[str, int]]:
 def _state(host: Host) -> str:
     """What must not move unless we mean it: the files' digests and every instance's MainPID."""
     return host.run(
-        "sha256sum /etc/pgbouncer/* /etc/haproxy/haproxy.cfg; "
+        "find /etc/pgbouncer -type f | sort | xargs sha256sum; sha256sum /etc/haproxy/haproxy.cfg; "
         "for u in $(systemctl list-units --plain --no-legend 'pgbouncer@*.service' | cut -d' ' -f1); "
         "do echo $u $(systemctl show -P MainPID $u); done; systemctl show -P MainPID haproxy.service"
     )
@@ -95,7 +95,7 @@ def test_password_change_is_applied_by_reload(tmp_path: Path) -> None:
     try:
         result = ansible_playbook("playbooks/site.yml", "-e", f"@{extra}")
         assert result.returncode == 0, result.stdout[-3000:]
-        assert "Reload pgbouncer" in result.stdout
+        assert "Reload pgbouncer instances" in result.stdout
         assert "rotated-app-user-pw" not in result.stdout + result.stderr
         for host in POOLERS:
             assert _pids(host) == before[host.name], f"{host.name}: an instance was restarted"
