@@ -100,6 +100,17 @@ def test_admin_socket_is_root_only(host: Host) -> None:
 
 
 @pytest.mark.parametrize("host", POOLERS, ids=lambda h: h.name)
+def test_haproxy_writes_only_its_own_runtime_directory(host: Host) -> None:
+    """The master runs as root: of /run it writes only /run/haproxy (pid file, master and admin sockets)."""
+    assert host.run("systemctl show -P ReadWritePaths haproxy.service").split() == ["/run/haproxy"]
+    assert host.run("stat -c '%U %a' /run/haproxy").split() == ["root", "700"]
+    pid = host.run("systemctl show -P MainPID haproxy.service").strip()
+    assert host.run("cat /run/haproxy/haproxy.pid").split()[0] == pid
+    assert {"admin.sock", "haproxy.pid", "master.sock"} <= set(host.run("ls /run/haproxy").split())
+    assert host.run("ls /run/haproxy.pid /run/haproxy-master.sock 2>/dev/null || true").strip() == ""
+
+
+@pytest.mark.parametrize("host", POOLERS, ids=lambda h: h.name)
 def test_metrics_on_loopback_only(host: Host) -> None:
     metrics = host.run("curl -fsS http://127.0.0.1:8404/metrics || python3 -c \"import urllib.request as u;"
                        "print(u.urlopen('http://127.0.0.1:8404/metrics').read().decode())\"")  # fmt: skip
