@@ -34,11 +34,24 @@ deps: ## Install the controller's Debian packages (only those missing)
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# Every package of the controller's environment is pinned by version and sha256 (requirements/*.txt; the process
+# that holds the Vault secrets installs nothing the index happens to serve that day). `make lock` regenerates them.
+LOCKS := requirements/build.txt requirements/controller.txt requirements/dev.txt
+$(VENV)/.installed: pyproject.toml $(LOCKS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r requirements/build.txt -r requirements/dev.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+PIP_COMPILE := .cache/pip-tools/bin/pip-compile -q --generate-hashes --allow-unsafe --no-emit-index-url \
+	--no-emit-find-links --strip-extras
+.PHONY: lock
+lock: ## Regenerate the hash-pinned requirements/*.txt from pyproject.toml and requirements/build.in
+	$(PYTHON) -m venv .cache/pip-tools
+	.cache/pip-tools/bin/pip install -q pip-tools==7.6.2
+	$(PIP_COMPILE) -o requirements/build.txt requirements/build.in
+	$(PIP_COMPILE) -o requirements/controller.txt pyproject.toml
+	$(PIP_COMPILE) --extra dev -o requirements/dev.txt pyproject.toml
 
 .PHONY: venv
 venv: $(VENV)/.installed ## Create the virtualenv with the package and its tools
