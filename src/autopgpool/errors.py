@@ -35,13 +35,21 @@ class ConfigError(Exception):
 
 
 class Problems:
-    """Collects problems while a whole configuration is checked, then raises them all at once."""
+    """Collects problems while a whole configuration is checked, then raises them all at once.
+
+    Warnings are kept apart: they do not stop a configuration, but the CLI prints them and the summary
+    carries them, so they reach whoever deploys. Like problems, they name keys and variables, never values.
+    """
 
     def __init__(self) -> None:
         self._items: list[Problem] = []
+        self.warnings: list[Problem] = []
 
     def add(self, path: str, message: str) -> None:
         self._items.append(Problem(path, message))
+
+    def warn(self, path: str, message: str) -> None:
+        self.warnings.append(Problem(path, message))
 
     def __len__(self) -> int:
         return len(self._items)
