@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+#: Problems listed in a message; a machine-written file can have hundreds of thousands.
+MAX_SHOWN = 100
+
 
 @dataclass(frozen=True, order=True)
 class Problem:
@@ -28,7 +31,10 @@ class ConfigError(Exception):
     def message(self) -> str:
         count = len(self.problems)
         header = f"invalid autopgpool configuration ({count} problem{'s' if count != 1 else ''}):"
-        return "\n".join([header, *(f"  - {p}" for p in self.problems)])
+        lines = [header, *(f"  - {p}" for p in self.problems[:MAX_SHOWN])]
+        if count > MAX_SHOWN:
+            lines.append(f"  ... and {count - MAX_SHOWN} more (the first {MAX_SHOWN} are shown)")
+        return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.message
