@@ -316,3 +316,16 @@ def test_hundreds_of_thousands_of_problems_make_a_short_message() -> None:
     message = str(err.value)
     assert message.count("\n") == 101
     assert message.endswith("more (the first 100 are shown)")
+
+
+@pytest.mark.parametrize("config_dir", ["/etc/x\nauth_type = trust", "etc/x", "/etc/x y", "/etc/x;", "/é"])
+def test_render_files_refuses_a_config_dir_that_could_change_pgbouncer_ini(config_dir: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        render_files(BASE, {}, config_dir=config_dir)
+    assert [p.path for p in err.value.problems] == ["config_dir"]
+    assert (
+        "auth_type"
+        not in render_files(BASE, {}, config_dir="/etc/pgbouncer-2.x/@a+b")["pgbouncer.ini"].split(
+            "[pgbouncer]"
+        )[0]
+    )
