@@ -32,7 +32,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
@@ -206,11 +206,19 @@ def _unknown_keys(
 ) -> None:
     for key in table:
         if key not in allowed:
-            problems.add(key_path(path, key), _unknown_message(key, allowed))
+            problems.add(key_path(path, key), _unknown_message(key, allowed, problems))
 
 
-def _unknown_message(key: str, allowed: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+def _close_match(word: str, candidates: Iterable[str], problems: Problems) -> list[str]:
+    """A "did you mean" candidate, only while the message still shows new problems: difflib is quadratic,
+    and a machine-written file with 100,000 unknown keys would otherwise take minutes."""
+    if not problems.worth_detail():
+        return []
+    return difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
+
+
+def _unknown_message(key: str, allowed: tuple[str, ...] | list[str], problems: Problems) -> str:
+    close = _close_match(key, allowed, problems)
     return f'unknown key, did you mean "{close[0]}"?' if close else "unknown key"
 
 
@@ -528,7 +536,7 @@ def _parse_user(r: _Reader, raw: object, path: str, pool_names: set[str]) -> Use
             if grant in seen:
                 r.problems.add(grant_path, f"pool {_describe(grant)} is granted twice")
             elif grant not in pool_names:
-                close = difflib.get_close_matches(grant, sorted(pool_names), n=1, cutoff=0.6)
+                close = _close_match(grant, pool_names, r.problems)
                 hint = f', did you mean "{close[0]}"?' if close else ""
                 r.problems.add(grant_path, f"grant to unknown pool {_describe(grant)}{hint}")
             else:
@@ -714,7 +722,7 @@ def _parse_pgbouncer(
             r.problems.add(path, f"{key} cannot be set in autopgpool.toml: {DEPLOYMENT_OWNED[key]}")
         elif key not in SETTINGS:
             pool = allowed_direct if not passthrough else sorted(SETTINGS)
-            message = _unknown_message(key, pool)
+            message = _unknown_message(key, pool, r.problems)
             r.problems.add(path, f"{message.replace('unknown key', 'unknown pgbouncer setting')}")
         else:
             text = _setting_value(r, key, value, path)

@@ -54,6 +54,10 @@ class Problems:
     def add(self, path: str, message: str) -> None:
         self._items.append(Problem(path, message))
 
+    def worth_detail(self) -> bool:
+        """Whether a problem added now is still among those a message shows (costly hints can be skipped)."""
+        return len(self._items) < MAX_SHOWN
+
     def warn(self, path: str, message: str) -> None:
         self.warnings.append(Problem(path, message))
 
