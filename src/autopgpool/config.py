@@ -20,7 +20,20 @@ What can be represented (derived from pgbouncer 1.25.2's parsers, see docs/confi
   render.py for the pgbouncer bug this works around). userlist.txt holds one password per username, so a
   backend username used by several pools, or also declared in ``[[users]]``, must have one password
   everywhere; and pgbouncer stops reading userlist.txt at a password field of 2048 bytes or more as written
-  (each ``"`` doubled).
+  (each ``"`` doubled). A backend password shaped like an MD5 or SCRAM verifier would be taken for one by
+  pgbouncer (``get_password_type``), so it is refused.
+
+What can be used:
+
+* ``$VAR`` is expanded only in users' passwords and the five remote keys (secrets.EXPANDED_KEYS); a value from
+  a variable is never put into a message or the summary, only the key and the variable's name.
+* Numbers are held to what pgbouncer 1.25.2 stores without wrapping or rounding to 0 (pgbouncer_settings), and
+  a refusal says what pgbouncer would have stored.
+* ``[pgbouncer].listen_addr`` goes into HAProxy's ``bind <addr>:<port>``: one IP address or ``*``.
+
+What works but may surprise a user of autopg-pool is a warning (Config.warnings), not an error: the ignored
+``[pools.<name>.replica]`` table, and a global pool_mode that now reaches pools autopg-pool ran in
+transaction mode.
 """
 
 from __future__ import annotations
