@@ -12,7 +12,9 @@ already replaced are put back, so the directory holds all old or all new files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -82,9 +84,13 @@ def write_file_set(out: Path, files: Mapping[str, str], modes: Mapping[str, int]
         for name in files:
             if (out / name).exists():
                 # A second name for the old file, so it can be put back if a later rename fails.
-                # os.link never overwrites, so a random name cannot clobber anything.
+                # os.link never overwrites, so a random name cannot clobber anything; a copy where the
+                # filesystem has no hard links.
                 backup = out / f".{name}.{os.urandom(8).hex()}.old"
-                os.link(out / name, backup)
+                try:
+                    os.link(out / name, backup)
+                except OSError:
+                    shutil.copy2(out / name, backup)
                 backups[name] = backup
         try:
             for name in files:
@@ -104,11 +110,13 @@ def write_file_set(out: Path, files: Mapping[str, str], modes: Mapping[str, int]
 
 
 def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Make the renames durable; a filesystem that cannot sync a directory has still renamed all three."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _previous_userlist(path: Path) -> str | None:

@@ -255,3 +255,31 @@ def test_unreadable_previous_userlist_only_costs_stable_salts(tmp_path: Path) ->
     proc = run("generate", "--config-path", str(FIXTURE), "--output-dir", str(out), env={})
     assert proc.returncode == 0, proc.stderr
     assert "cannot be read; SCRAM verifiers get new salts" in proc.stderr
+
+
+def test_file_set_without_hard_links_still_rolls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert _generate_in_process(out) == 0
+    old = _snapshot(out)
+
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    real_replace = os.replace
+    calls = []
+
+    def flaky_replace(src: str | Path, dst: str | Path) -> None:
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError(5, "Input/output error")
+        real_replace(src, dst)
+
+    monkeypatch.setattr("autopgpool.cli.os.link", no_link)
+    monkeypatch.setattr("autopgpool.cli.os.replace", flaky_replace)
+    changed = tmp_path / "changed.toml"
+    changed.write_text(FIXTURE.read_text().replace("app_password", "new_password").replace("200", "300"))
+    assert main(["generate", "--config-path", str(changed), "--output-dir", str(out)]) == 1
+    assert _snapshot(out) == old
+    capsys.readouterr()
