@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from . import defaults
 from .config import Config, parse_config
+from .errors import ConfigError, Problem
 from .pgbouncer_settings import needs_restart
 from .render import DEFAULT_CONFIG_DIR, render_hba, render_ini, render_userlist
 
@@ -17,6 +19,26 @@ def _salt_bytes(salt_key: str | bytes | None) -> bytes | None:
     if salt_key is None or salt_key in ("", b""):
         return None
     return salt_key.encode() if isinstance(salt_key, str) else bytes(salt_key)
+
+
+#: What config_dir may look like: it is written into pgbouncer.ini as the directory of auth_file and
+#: auth_hba_file, so nothing that pgbouncer's ini parser could read as the end of a value or of a line.
+_CONFIG_DIR = re.compile(r"/[A-Za-z0-9._@+/-]*")
+
+
+def check_config_dir(config_dir: str) -> None:
+    """Raise ConfigError unless ``config_dir`` is an absolute path safe to write into pgbouncer.ini."""
+    if not isinstance(config_dir, str) or not _CONFIG_DIR.fullmatch(config_dir) or len(config_dir) > 1024:
+        raise ConfigError(
+            [
+                Problem(
+                    "config_dir",
+                    "expected an absolute path of letters, digits and . _ @ + - / (at most 1024 "
+                    "characters); it is written into pgbouncer.ini as the directory of userlist.txt and "
+                    "pgbouncer_hba.conf",
+                )
+            ]
+        )
 
 
 def validate(toml_text: str, secrets: Mapping[str, str]) -> None:
@@ -33,6 +55,7 @@ def render_files(
     previous_userlist: str | None = None,
 ) -> dict[str, str]:
     """The three files, by name. See hashing.py for how salt_key and previous_userlist keep output stable."""
+    check_config_dir(config_dir)
     config = parse_config(toml_text, secrets)
     return {
         "pgbouncer.ini": render_ini(config, config_dir=config_dir),
@@ -68,7 +91,12 @@ def _server_conns(config: Config, pool_size: int | None, reserve: int | None, ca
 
 
 def summarize(toml_text: str, secrets: Mapping[str, str]) -> dict[str, Any]:
-    """Facts the roles need (ports, sizes, names, fd limit, restart-only settings). Holds no secret."""
+    """Facts the roles need (ports, sizes, names, fd limit, restart-only settings). Holds no secret.
+
+    A remote host, port, database or username that came from a variable is shown as written (``"$DB_HOST"``),
+    never expanded. ``warnings`` lists what works but may surprise a user of autopg-pool (for the roles to
+    print); like errors, they name keys and variables, never values.
+    """
     config = parse_config(toml_text, secrets)
     default_mode = config.settings["pool_mode"]
     return {
@@ -77,10 +105,12 @@ def summarize(toml_text: str, secrets: Mapping[str, str]) -> dict[str, Any]:
         "max_client_conn": config.int_setting("max_client_conn"),
         "pools": {
             pool.name: {
-                "host": pool.remote.host,
-                "port": pool.remote.port,
-                "database": pool.remote.database,
-                "username": pool.remote.username,
+                "host": pool.remote.shown("host"),
+                "port": pool.remote.port
+                if "port" not in dict(pool.remote.written)
+                else pool.remote.shown("port"),
+                "database": pool.remote.shown("database"),
+                "username": pool.remote.shown("username"),
                 "pool_size": pool.pool_size
                 if pool.pool_size is not None
                 else config.int_setting("default_pool_size"),
@@ -101,6 +131,7 @@ def summarize(toml_text: str, secrets: Mapping[str, str]) -> dict[str, Any]:
         "client_tls": config.settings.get("client_tls_sslmode", "disable") != "disable",
         "file_descriptor_limit": file_descriptor_limit(config),
         "restart_settings": {k: v for k, v in sorted(config.settings.items()) if needs_restart(k)},
+        "warnings": [str(w) for w in config.warnings],
     }
 
 

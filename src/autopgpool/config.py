@@ -20,25 +20,51 @@ What can be represented (derived from pgbouncer 1.25.2's parsers, see docs/confi
   render.py for the pgbouncer bug this works around). userlist.txt holds one password per username, so a
   backend username used by several pools, or also declared in ``[[users]]``, must have one password
   everywhere; and pgbouncer stops reading userlist.txt at a password field of 2048 bytes or more as written
-  (each ``"`` doubled).
+  (each ``"`` doubled). A backend password shaped like an MD5 or SCRAM verifier would be taken for one by
+  pgbouncer (``get_password_type``), so it is refused.
+
+What can be used:
+
+* ``$VAR`` is expanded only in users' passwords and the five remote keys (secrets.EXPANDED_KEYS); a value from
+  a variable is never put into a message or the summary, only the key and the variable's name.
+* Numbers are held to what pgbouncer 1.25.2 stores without wrapping or rounding to 0 (pgbouncer_settings), and
+  a refusal says what pgbouncer would have stored.
+* ``[pgbouncer].listen_addr`` goes into HAProxy's ``bind <addr>:<port>``: one IP address or ``*``.
+
+What works but may surprise a user of autopg-pool is a warning (Config.warnings), not an error: the ignored
+``[pools.<name>.replica]`` table, and a global pool_mode that now reaches pools autopg-pool ran in
+transaction mode.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import ipaddress
 import json
+import math
 import re
-import tomllib
 import unicodedata
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Literal, cast
 
 from . import defaults
-from .errors import Problems
-from .pgbouncer_settings import POOL_MODES, SETTINGS
-from .secrets import expand
+from .errors import Problem, Problems
+from .pgbouncer_settings import (
+    AUTH_TYPES as PGBOUNCER_AUTH_TYPES,
+)
+from .pgbouncer_settings import (
+    MAX_SECONDS,
+    POOL_MODES,
+    SETTINGS,
+    VERSION,
+    as_pgbouncer_reads_int,
+    as_pgbouncer_reads_seconds,
+    int_bounds,
+)
+from .reading import load_toml
+from .secrets import expand, references
 
 PoolMode = Literal["session", "transaction", "statement"]
 AuthType = Literal["scram-sha-256", "md5"]
@@ -46,7 +72,6 @@ AUTH_TYPES: tuple[AuthType, ...] = ("scram-sha-256", "md5")
 NAME_MAX_BYTES = 63
 REMOTE_PASSWORD_MAX_BYTES = 2047  # pgbouncer's MAX_PASSWORD minus the NUL, counted as written (" doubled)
 SIZE_MAX = 100_000
-CLIENT_CONN_MAX = 1_000_000
 
 #: Settings the deployment owns: set per instance (or fixed) by the Ansible role, never in the TOML.
 DEPLOYMENT_OWNED = {
@@ -95,6 +120,13 @@ class Remote:
     database: str
     username: str
     password: str
+    #: (key, text as written) for the keys whose value came from a variable: what messages and the summary
+    #: show instead of the value.
+    written: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    def shown(self, key: str) -> str:
+        """The value of ``key`` for a message or the summary: as written if it came from a variable."""
+        return dict(self.written).get(key) or str(getattr(self, key))
 
 
 @dataclass(frozen=True)
@@ -128,6 +160,7 @@ class Config:
     admin_users: tuple[str, ...]
     stats_users: tuple[str, ...]
     settings: Mapping[str, str]  # pgbouncer settings in effect (defaults + TOML), as written to pgbouncer.ini
+    warnings: tuple[Problem, ...] = ()  # things that work, but maybe not as a user of autopg-pool expects
 
     def user_auth_type(self, user: User) -> AuthType:
         return user.auth_type or self.auth_type
@@ -149,13 +182,21 @@ def key_path(parent: str, key: str) -> str:
     return f"{parent}.{part}" if parent else part
 
 
+_SHOWN_MAX = 80
+
+
 def _describe(value: object) -> str:
+    """A literal value written in the TOML, for a message (never call this with an expanded value)."""
     if isinstance(value, bool):
         return f"boolean {str(value).lower()}"
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        shown = json.dumps(value, ensure_ascii=False)
+        return (
+            shown if len(shown) <= _SHOWN_MAX else f'{shown[: _SHOWN_MAX - 4]}..." ({len(value)} characters)'
+        )
     if isinstance(value, int | float):
-        return repr(value)
+        shown = repr(value)
+        return shown if len(shown) <= _SHOWN_MAX else f"a number of {len(shown)} digits"
     if isinstance(value, dict):
         return "a table"
     if isinstance(value, list):
@@ -178,11 +219,19 @@ def _unknown_keys(
 ) -> None:
     for key in table:
         if key not in allowed:
-            problems.add(key_path(path, key), _unknown_message(key, allowed))
+            problems.add(key_path(path, key), _unknown_message(key, allowed, problems))
 
 
-def _unknown_message(key: str, allowed: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+def _close_match(word: str, candidates: Iterable[str], problems: Problems) -> list[str]:
+    """A "did you mean" candidate, only while the message still shows new problems: difflib is quadratic,
+    and a machine-written file with 100,000 unknown keys would otherwise take minutes."""
+    if not problems.worth_detail():
+        return []
+    return difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
+
+
+def _unknown_message(key: str, allowed: tuple[str, ...] | list[str], problems: Problems) -> str:
+    close = _close_match(key, allowed, problems)
     return f'unknown key, did you mean "{close[0]}"?' if close else "unknown key"
 
 
@@ -204,13 +253,20 @@ class _Reader:
         return None
 
     def string(
-        self, value: object, path: str, *, secret: bool = False, allow_empty: bool = False
+        self,
+        value: object,
+        path: str,
+        *,
+        secret: bool = False,
+        allow_empty: bool = False,
+        expand_vars: bool = False,
     ) -> str | None:
+        """A string; ``expand_vars`` only for the keys listed in secrets.EXPANDED_KEYS."""
         if not isinstance(value, str):
             self.problems.add(path, f"expected a string, got {_type_name(value)}")
             return None
         before = len(self.problems)
-        text = expand(value, path, self.env, self.problems)
+        text = expand(value, path, self.env, self.problems, allowed=expand_vars)
         if len(self.problems) > before:  # a missing variable or stray "$": already reported
             return None
         if "\0" in text or "\n" in text or "\r" in text:
@@ -224,30 +280,35 @@ class _Reader:
             return None
         return text
 
-    def integer(self, value: object, path: str, low: int, high: int) -> int | None:
+    def integer(
+        self, value: object, path: str, low: int, high: int, *, expand_vars: bool = False, why: str = ""
+    ) -> int | None:
         """An integer in [low, high]; a string of digits is accepted, as autopg-pool accepts "5433"."""
         number: int | None = None
         if isinstance(value, int) and not isinstance(value, bool):
             number = value
         shown = _describe(value)
         if isinstance(value, str):
-            text = expand(value, path, self.env, self.problems)
-            if re.fullmatch(r"[0-9]+", text.strip()):
+            before = len(self.problems)
+            text = expand(value, path, self.env, self.problems, allowed=expand_vars)
+            if len(self.problems) > before:
+                return None
+            if re.fullmatch(r"[0-9]{1,30}", text.strip()):
                 number = int(text.strip())
-            if text != value:  # from the environment: never echo it, it may be a secret in the wrong place
+            if references(value):  # from the environment: never echo it, it may be a secret
                 shown = f"the value of {_describe(value)}"
         if number is None or not low <= number <= high:
-            self.problems.add(path, f"expected an integer from {low} to {high}, got {shown}")
+            self.problems.add(path, f"expected an integer from {low} to {high}, got {shown}{why}")
             return None
         return number
 
-    def choice(self, value: object, path: str, choices: tuple[str, ...]) -> str | None:
+    def choice(self, value: object, path: str, choices: tuple[str, ...], hint: str = "") -> str | None:
         text = self.string(value, path)
         if text is None:
             return None
         if text not in choices:
             options = ", ".join(choices)
-            self.problems.add(path, f"expected one of {options}; got {_describe(text)}")
+            self.problems.add(path, f"expected one of {options}; got {_describe(value)}{hint}")
             return None
         return text
 
@@ -305,6 +366,57 @@ def _check_username(name: str, path: str, problems: Problems) -> bool:
     return True
 
 
+def _check_listen_addr(addr: str, path: str, problems: Problems) -> bool:
+    """HAProxy writes ``bind <listen_addr>:<listen_port>``: one IP address or ``*``, nothing else."""
+    reason = None
+    if addr == "*":
+        return True
+    if any(ch.isspace() for ch in addr) or "," in addr:
+        reason = (
+            "must be one address: HAProxy binds it as <listen_addr>:<listen_port>, and spaces or commas "
+            "would turn the rest into other bind options or addresses"
+        )
+    else:
+        host, sep, port = addr.rpartition(":")
+        if _is_ip(addr):
+            if "%" not in addr:
+                return True
+            reason = "an IPv6 zone (%...) is not supported here; write the address without it"
+        elif sep and port.isdigit() and _is_ip(host.removeprefix("[").removesuffix("]")):
+            reason = "holds a port; write only the address here and the port as [pgbouncer].listen_port"
+        else:
+            reason = (
+                'expected an IPv4 or IPv6 address, or "*" for all addresses; HAProxy would resolve a '
+                "host name only once, at start"
+            )
+    problems.add(path, reason)
+    return False
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _auth_hint(value: object) -> str:
+    """Why autopg-pool's other auth_type values are not accepted, and what to write instead."""
+    if value == "plain":
+        return (
+            ': autopg-pool\'s "plain" wrote the password in clear to userlist.txt and let clients log in '
+            'with md5; write "md5" for the same logins (userlist.txt then holds an MD5 verifier) or '
+            '"scram-sha-256"'
+        )
+    if isinstance(value, str) and value in PGBOUNCER_AUTH_TYPES:
+        return (
+            ": pgbouncer always runs with auth_type = hba here, and each user logs in with md5 or "
+            "scram-sha-256 as pgbouncer_hba.conf says"
+        )
+    return ""
+
+
 # ---------------------------------------------------------------------------------------------------------
 # sections
 
@@ -315,15 +427,22 @@ def _parse_remote(r: _Reader, raw: object, path: str) -> Remote | None:
         return None
     _unknown_keys(table, REMOTE_KEYS, path, r.problems)
     values: dict[str, object] = {}
+    as_written: list[tuple[str, str]] = []
     for key in REMOTE_KEYS:
         if key not in table:
             r.problems.add(key_path(path, key), "required key is missing")
             continue
         sub = key_path(path, key)
+        raw = table[key]
+        if isinstance(raw, str) and references(raw):
+            as_written.append((key, raw))
         if key == "port":
-            values[key] = r.integer(table[key], sub, 1, 65535)
+            values[key] = r.integer(table[key], sub, 1, 65535, expand_vars=True)
         elif key == "password":
-            password = r.string(table[key], sub, secret=True)
+            password = r.string(table[key], sub, secret=True, expand_vars=True)
+            if password is not None and _looks_like_verifier(password):
+                r.problems.add(sub, _VERIFIER_MESSAGE)
+                password = None
             # pgbouncer measures the quoted field of userlist.txt, and a longer one makes it stop reading
             # the file: every user after it would be unknown.
             written = len(password.replace('"', '""').encode()) if password is not None else 0
@@ -336,9 +455,16 @@ def _parse_remote(r: _Reader, raw: object, path: str) -> Remote | None:
                 password = None
             values[key] = password
         else:
-            text = r.string(table[key], sub)
+            text = r.string(table[key], sub, expand_vars=True)
             if text is not None and _has_control(text):
                 r.problems.add(sub, "contains a control character")
+                text = None
+            if text is not None and text != text.strip():
+                r.problems.add(
+                    sub,
+                    "has leading or trailing whitespace, which pgbouncer would pass on as part of the "
+                    f"{'host name' if key == 'host' else key} (a lookup or login that fails at connect time)",
+                )
                 text = None
             if text is not None and key in ("database", "username") and len(text.encode()) > NAME_MAX_BYTES:
                 r.problems.add(sub, f"longer than {NAME_MAX_BYTES} bytes")
@@ -352,7 +478,23 @@ def _parse_remote(r: _Reader, raw: object, path: str) -> Remote | None:
         database=cast(str, values["database"]),
         username=cast(str, values["username"]),
         password=cast(str, values["password"]),
+        written=tuple(as_written),
     )
+
+
+_MD5_VERIFIER = re.compile(r"md5[0-9a-f]{32}")
+_B64 = r"[A-Za-z0-9+/]+={0,2}"
+_SCRAM_VERIFIER = re.compile(rf"SCRAM-SHA-256\$[0-9]+:{_B64}\${_B64}:{_B64}")
+_VERIFIER_MESSAGE = (
+    "the password has the shape of a stored verifier (md5 followed by 32 hex digits, or "
+    "SCRAM-SHA-256$<iterations>:<salt>$<key>:<key>); pgbouncer would take it for one and could not log in "
+    'to PostgreSQL with it ("wrong password type"). A backend password must be the password itself'
+)
+
+
+def _looks_like_verifier(password: str) -> bool:
+    """What pgbouncer's get_password_type() would not treat as plain text (src/scram.c)."""
+    return bool(_MD5_VERIFIER.fullmatch(password) or _SCRAM_VERIFIER.fullmatch(password))
 
 
 def _parse_pool(r: _Reader, name: str, raw: object, path: str) -> Pool | None:
@@ -361,10 +503,11 @@ def _parse_pool(r: _Reader, name: str, raw: object, path: str) -> Pool | None:
     if table is None:
         return None
     if "replica" in table:
-        r.problems.add(
+        # Not read at all (no variables expanded, nothing checked): autopg-pool never used it either.
+        r.problems.warn(
             key_path(path, "replica"),
-            "autopg-pool documented [pools.<name>.replica] but it never had any effect; remove it "
-            "(declare the replica as its own pool instead)",
+            "ignored: autopg-pool documented [pools.<name>.replica] but it never had any effect; declare "
+            "the replica as a pool of its own to use it, and remove this table to silence this warning",
         )
     _unknown_keys({k: v for k, v in table.items() if k != "replica"}, POOL_KEYS, path, r.problems)
     remote = None
@@ -398,7 +541,7 @@ def _parse_user(r: _Reader, raw: object, path: str, pool_names: set[str]) -> Use
         if username is not None and not _check_username(username, key_path(path, "username"), r.problems):
             username = None
     if "password" in table:
-        password = r.string(table["password"], key_path(path, "password"), secret=True)
+        password = r.string(table["password"], key_path(path, "password"), secret=True, expand_vars=True)
     grants: list[str] = []
     if "grants" in table:
         seen: set[str] = set()
@@ -406,7 +549,7 @@ def _parse_user(r: _Reader, raw: object, path: str, pool_names: set[str]) -> Use
             if grant in seen:
                 r.problems.add(grant_path, f"pool {_describe(grant)} is granted twice")
             elif grant not in pool_names:
-                close = difflib.get_close_matches(grant, sorted(pool_names), n=1, cutoff=0.6)
+                close = _close_match(grant, pool_names, r.problems)
                 hint = f', did you mean "{close[0]}"?' if close else ""
                 r.problems.add(grant_path, f"grant to unknown pool {_describe(grant)}{hint}")
             else:
@@ -414,7 +557,9 @@ def _parse_user(r: _Reader, raw: object, path: str, pool_names: set[str]) -> Use
                 grants.append(grant)
     auth = mode = max_conn = None
     if "auth_type" in table:
-        auth = r.choice(table["auth_type"], key_path(path, "auth_type"), AUTH_TYPES)
+        auth = r.choice(
+            table["auth_type"], key_path(path, "auth_type"), AUTH_TYPES, _auth_hint(table["auth_type"])
+        )
     if "pool_mode" in table:
         mode = r.choice(table["pool_mode"], key_path(path, "pool_mode"), POOL_MODES)
     if "max_user_connections" in table:
@@ -450,21 +595,9 @@ def _setting_value(r: _Reader, name: str, raw: object, path: str) -> str | None:
     if isinstance(kind, tuple):
         return r.choice(raw, path, kind)
     if kind == "int":
-        if isinstance(raw, bool):
-            return "1" if raw else "0"
-        number = r.integer(raw, path, 0, 2**31 - 1)
-        return None if number is None else str(number)
+        return _int_setting(r, name, raw, path)
     if kind == "seconds":
-        value: object = raw
-        if isinstance(raw, str):
-            text = expand(raw, path, r.env, r.problems).strip()
-            value = text
-            with contextlib.suppress(ValueError):
-                value = float(text) if "." in text else int(text)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
-            r.problems.add(path, f"expected a number of seconds (0 or more), got {_describe(raw)}")
-            return None
-        return str(value) if isinstance(value, int) else format(value, "g")
+        return _seconds_setting(r, raw, path)
     # free text
     if isinstance(raw, bool):
         return "1" if raw else "0"
@@ -474,6 +607,68 @@ def _setting_value(r: _Reader, name: str, raw: object, path: str) -> str | None:
     if free is None:
         return None
     return _free_text(r, free, path)
+
+
+def _int_setting(r: _Reader, name: str, raw: object, path: str) -> str | None:
+    """An integer setting, within what pgbouncer stores without wrapping (see pgbouncer_settings)."""
+    low, high, low_why, high_why = int_bounds(name)
+    if isinstance(raw, bool):
+        raw = int(raw)
+    number: int | None = None
+    if isinstance(raw, int):
+        number = raw
+    elif isinstance(raw, str):
+        text = r.string(raw, path)
+        if text is None:
+            return None
+        if re.fullmatch(r"[+-]?[0-9]{1,30}", text.strip()):
+            number = int(text.strip())
+    if number is None:
+        r.problems.add(path, f"expected an integer from {low} to {high}, got {_describe(raw)}")
+        return None
+    if not low <= number <= high:
+        stored = as_pgbouncer_reads_int(name, number)
+        if number > high:
+            what = high_why or f"pgbouncer {VERSION} would have stored it as {stored}"
+        else:
+            what = low_why or f"pgbouncer {VERSION} does not check the sign and would have used {stored}"
+        r.problems.add(path, f"expected an integer from {low} to {high}, got {number}: {what}")
+        return None
+    return str(number)
+
+
+def _seconds_setting(r: _Reader, raw: object, path: str) -> str | None:
+    """A time setting: pgbouncer keeps whole microseconds in 64 bits (see pgbouncer_settings)."""
+    value: object = raw
+    if isinstance(raw, str):
+        text = r.string(raw, path)
+        if text is None:
+            return None
+        value = text.strip()
+        if re.fullmatch(r"[+-]?[0-9]{1,30}", text.strip()):
+            value = int(text.strip())
+        elif re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?", text.strip()):
+            with contextlib.suppress(ValueError):
+                value = float(text.strip())
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value < 0:
+        r.problems.add(path, f"expected a number of seconds (0 or more), got {_describe(raw)}")
+        return None
+    if value > MAX_SECONDS:
+        r.problems.add(
+            path,
+            f"expected at most {MAX_SECONDS} seconds, got {_describe(raw)}: pgbouncer {VERSION} keeps times "
+            "in microseconds in a 64-bit integer, and a larger value would overflow it",
+        )
+        return None
+    if value > 0 and as_pgbouncer_reads_seconds(value) == 0:
+        r.problems.add(
+            path,
+            f"got {_describe(raw)} seconds: pgbouncer {VERSION} keeps whole microseconds and would read this "
+            "as 0, which for a timeout means disabled; write 0 or at least 0.000001",
+        )
+        return None
+    # repr: the shortest text that reads back as the same number (format "g" would round to 6 digits)
+    return str(value) if isinstance(value, int) else repr(value)
 
 
 def _free_text(r: _Reader, text: str, path: str) -> str | None:
@@ -519,14 +714,14 @@ def _parse_pgbouncer(
             r.problems.add(path, f"write this as [pgbouncer].{key}, which autopgpool interprets")
         elif key == "listen_addr":
             addr = r.string(value, path)
-            if addr is not None:
+            if addr is not None and _check_listen_addr(addr, path, r.problems):
                 listen_addr = addr
         elif key == "listen_port":
             port = r.integer(value, path, 1, 65535)
             if port is not None:
                 listen_port = port
         elif key == "auth_type":
-            choice = r.choice(value, path, AUTH_TYPES)
+            choice = r.choice(value, path, AUTH_TYPES, _auth_hint(value))
             if choice is not None:
                 auth = cast(AuthType, choice)
         elif key in ("admin_users", "stats_users"):
@@ -540,15 +735,12 @@ def _parse_pgbouncer(
             r.problems.add(path, f"{key} cannot be set in autopgpool.toml: {DEPLOYMENT_OWNED[key]}")
         elif key not in SETTINGS:
             pool = allowed_direct if not passthrough else sorted(SETTINGS)
-            message = _unknown_message(key, pool)
+            message = _unknown_message(key, pool, r.problems)
             r.problems.add(path, f"{message.replace('unknown key', 'unknown pgbouncer setting')}")
         else:
             text = _setting_value(r, key, value, path)
             if text is not None:
-                if key in ("max_client_conn", "default_pool_size") and int(text) < 1:
-                    r.problems.add(path, f"expected an integer of at least 1, got {text}")
-                else:
-                    settings[key] = text
+                settings[key] = text
     return listen_addr, listen_port, auth, tuple(sorted(admins)), tuple(sorted(stats)), settings
 
 
@@ -559,12 +751,7 @@ def _parse_pgbouncer(
 def parse_config(toml_text: str, env: Mapping[str, str]) -> Config:
     """Parse, expand secrets and validate; raise ConfigError listing every problem found."""
     problems = Problems()
-    try:
-        data = tomllib.loads(toml_text)
-    except tomllib.TOMLDecodeError as exc:
-        problems.add("", f"TOML syntax error: {exc}")
-        problems.raise_if_any()
-        raise AssertionError("unreachable") from exc
+    data = load_toml(toml_text)
     r = _Reader(env, problems)
     _unknown_keys(data, TOP_KEYS, "", problems)
 
@@ -630,6 +817,7 @@ def parse_config(toml_text: str, env: Mapping[str, str]) -> Config:
                 f"min_pool_size {pool.min_pool_size} is larger than the pool size {size}",
             )
 
+    _warn_pool_mode(data.get("pgbouncer"), pools, settings, problems)
     problems.raise_if_any()
     return Config(
         users=tuple(users[k] for k in sorted(users)),
@@ -640,7 +828,34 @@ def parse_config(toml_text: str, env: Mapping[str, str]) -> Config:
         admin_users=admins,
         stats_users=stats,
         settings=dict(sorted(settings.items())),
+        warnings=tuple(problems.warnings),
     )
+
+
+def _warn_pool_mode(
+    raw: object, pools: Mapping[str, Pool], settings: Mapping[str, str], problems: Problems
+) -> None:
+    """autopg-pool wrote pool_mode=transaction on every [databases] line, so its [pgbouncer].pool_mode never
+    reached a pool. Here it is the default of every pool without a pool_mode of its own: say so when that
+    changes what a migrated file does."""
+    mode = settings.get("pool_mode")
+    if not isinstance(raw, dict) or mode == "transaction":
+        return
+    path = "pgbouncer.pool_mode"
+    if "pool_mode" not in raw:
+        extra = raw.get("passthrough_kwargs")
+        if not isinstance(extra, dict) or "pool_mode" not in extra:
+            return
+        path = "pgbouncer.passthrough_kwargs.pool_mode"
+    affected = sorted(p.name for p in pools.values() if p.pool_mode is None)
+    if affected:
+        names = ", ".join(key_path("", n) for n in affected[:10]) + (" ..." if len(affected) > 10 else "")
+        problems.warn(
+            path,
+            f"{mode} applies to the pools without a pool_mode of their own ({names}); autopg-pool ran them "
+            "in transaction mode whatever this said, because it wrote pool_mode=transaction on every "
+            'database line. Set pool_mode = "transaction" in those pools to keep that behaviour',
+        )
 
 
 def _check_backend_users(
@@ -656,12 +871,13 @@ def _check_backend_users(
         remote = pool.remote
         path = key_path(key_path("pools", pool.name), "remote")
         name = remote.username
+        shown = _describe(remote.shown("username"))
         if name in first_pool:
             if passwords[name] != remote.password:
                 first_password = key_path(first_pool[name], "password")
                 problems.add(
                     key_path(path, "password"),
-                    f"backend user {_describe(name)} is also used by {first_pool[name]} with a different "
+                    f"backend user {shown} is also used by {first_pool[name]} with a different "
                     f"password; pgbouncer keeps one password per user in userlist.txt, so "
                     f"{first_password} and {key_path(path, 'password')} must be equal",
                 )
@@ -673,7 +889,7 @@ def _check_backend_users(
             user_path = user_paths[name].removesuffix(".username")
             problems.add(
                 key_path(path, "password"),
-                f"backend user {_describe(name)} is also declared as a client at {user_paths[name]} with a "
+                f"backend user {shown} is also declared as a client at {user_paths[name]} with a "
                 f"different password; pgbouncer keeps one password per user in userlist.txt, so "
                 f"{user_path}.password and {key_path(path, 'password')} must be equal",
             )

@@ -142,3 +142,56 @@ SETTINGS: dict[str, Setting] = {
 def needs_restart(name: str) -> bool:
     """True when pgbouncer cannot apply a change of ``name`` on reload (a rolling restart is needed)."""
     return not SETTINGS[name].reload
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What pgbouncer 1.25.2 does with numbers (lib/usual/cfparser.c, src/main.c, src/stats.c)
+#
+# * Integer settings (CF_INT) are parsed with strtol() into a long and stored in a C int without a range
+#   check: 2147483648 becomes -2147483648, and anything past the long's range saturates first and becomes -1.
+# * max_packet_size (CF_UINT) goes through strtoul() into an unsigned int: it wraps at 2^32.
+# * Times (CF_TIME_USEC) are parsed with strtod() and stored as whole microseconds in a 64-bit unsigned
+#   integer, truncating: 0.0000001 becomes 0, which for a timeout means "disabled". Past 2^64 microseconds the
+#   conversion is undefined in C; we stop at 2^63 - 1 microseconds, where time arithmetic is still exact.
+
+INT_MAX = 2**31 - 1
+UINT_MAX = 2**32 - 1
+USEC_PER_SECOND = 1_000_000
+MAX_SECONDS = (2**63 - 1) // USEC_PER_SECOND  # 9223372036854 s, about 292,000 years
+
+#: Integer settings with other bounds than 0..INT_MAX: (low, high, why not lower, why not higher).
+INT_BOUNDS: dict[str, tuple[int, int, str, str]] = {
+    "max_packet_size": (0, UINT_MAX, "", ""),
+    "max_client_conn": (
+        1,
+        INT_MAX - 10,
+        "pgbouncer would accept no client",
+        "pgbouncer adds 10 to it for its own file descriptors, which would overflow its int",
+    ),
+    "default_pool_size": (1, INT_MAX, "a pool without server connections never serves a query", ""),
+    "stats_period": (
+        1,
+        INT_MAX,
+        "pgbouncer would re-arm its statistics timer on every pass of its event loop",
+        "",
+    ),
+    "scram_iterations": (1, INT_MAX, "SCRAM needs at least one iteration", ""),
+}
+
+
+def int_bounds(name: str) -> tuple[int, int, str, str]:
+    """(low, high, why not lower, why not higher) for an integer setting."""
+    return INT_BOUNDS.get(name, (0, INT_MAX, "", ""))
+
+
+def as_pgbouncer_reads_int(name: str, number: int) -> int:
+    """The value pgbouncer 1.25.2 would store for ``name = <number>`` (wrapping, as described above)."""
+    long_value = max(-(2**63), min(2**63 - 1, number))
+    if name == "max_packet_size":
+        return long_value % 2**32
+    return (long_value + 2**31) % 2**32 - 2**31
+
+
+def as_pgbouncer_reads_seconds(seconds: float) -> int:
+    """Whole microseconds pgbouncer 1.25.2 would store for a time setting (truncated)."""
+    return int(USEC_PER_SECOND * seconds)

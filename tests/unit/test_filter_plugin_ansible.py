@@ -128,3 +128,24 @@ def test_bad_config_fails_with_key_paths_and_no_traceback(tmp_path: Path) -> Non
     assert "users[4].password: environment variable STATS_PASSWORD is not set" in output
     assert "Traceback" not in output
     assert_no_secret(output)
+
+
+def test_summary_carries_warnings_and_render_refuses_a_bad_config_dir(tmp_path: Path) -> None:
+    toml = tmp_path / "replica.toml"
+    toml.write_text(EXAMPLE.read_text() + '\n[pools.app.replica]\npool_mode = "statement"\n')
+    tasks = """\
+    - name: Summarize
+      ansible.builtin.debug:
+        msg: "{{ (toml_text | autopgpool_summary(secrets=vault_secrets)).warnings }}"
+    - name: Render into a directory that would add a line to pgbouncer.ini
+      ansible.builtin.set_fact:
+        rendered: >-
+          {{ toml_text | autopgpool_render(secrets=vault_secrets, config_dir='/etc/x\\nauth_type = trust') }}
+"""
+    proc = run_play(tmp_path, toml, tasks, dict(DEMO_ENV), {})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "pools.app.replica: ignored: autopg-pool documented [pools.<name>.replica]" in output
+    assert "config_dir: expected an absolute path" in output
+    assert "Traceback" not in output
+    assert_no_secret(output)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from autopgpool import ConfigError, validate
+from autopgpool import ConfigError, render_files, summarize, validate
 
 BASE_USER = '[[users]]\nusername = "u"\npassword = "pw"\ngrants = ["main"]\n'
 BASE_POOL = '[pools.main.remote]\nhost = "h"\nport = 5432\ndatabase = "d"\nusername = "r"\npassword = "rpw"\n'
@@ -51,12 +51,18 @@ def test_unknown_key_suggests_nearest() -> None:
     ]
 
 
-def test_replica_gets_explanation() -> None:
-    msgs = problems(BASE_USER + BASE_POOL + '[pools.main.replica]\npool_mode = "session"\n')
-    assert msgs == [
-        "pools.main.replica: autopg-pool documented [pools.<name>.replica] but it never had any effect; "
-        "remove it (declare the replica as its own pool instead)"
+def test_replica_is_ignored_with_a_warning() -> None:
+    # Nothing inside is read: not even a variable that is not set, or a value that would be invalid.
+    toml = BASE_USER + BASE_POOL + '[pools.main.replica]\npool_mode = "$UNSET"\n[pools.main.replica.remote]\n'
+    toml += 'host = "replica.internal"\nport = "x"\n'
+    info = summarize(toml, {})
+    assert info["warnings"] == [
+        "pools.main.replica: ignored: autopg-pool documented [pools.<name>.replica] but it never had any "
+        "effect; declare the replica as a pool of its own to use it, and remove this table to silence this "
+        "warning"
     ]
+    assert list(info["pools"]) == ["main"]
+    assert render_files(toml, {}, salt_key="k") == render_files(BASE_USER + BASE_POOL, {}, salt_key="k")
 
 
 def test_grant_to_unknown_pool() -> None:
@@ -98,7 +104,8 @@ def test_bad_enums() -> None:
     assert problems(toml) == [
         'pools.main.pool_mode: expected one of session, transaction, statement; got "tx"',
         'users[0].auth_type: expected one of scram-sha-256, md5; got "scram"',
-        'pgbouncer.auth_type: expected one of scram-sha-256, md5; got "trust"',
+        'pgbouncer.auth_type: expected one of scram-sha-256, md5; got "trust": pgbouncer always runs with '
+        "auth_type = hba here, and each user logs in with md5 or scram-sha-256 as pgbouncer_hba.conf says",
     ]
 
 
@@ -107,7 +114,8 @@ def test_sizes_out_of_range() -> None:
     toml += "[pgbouncer]\nmax_client_conn = 0\n"
     assert problems(toml) == [
         "pools.main.pool_size: expected an integer from 0 to 100000, got -1",
-        "pgbouncer.max_client_conn: expected an integer of at least 1, got 0",
+        "pgbouncer.max_client_conn: expected an integer from 1 to 2147483637, got 0: pgbouncer would "
+        "accept no client",
         "pools.main.min_pool_size: min_pool_size 50 is larger than the pool size 10",
     ]
 
