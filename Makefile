@@ -10,8 +10,10 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB_INVENTORY := -i .lab/inventory.yml -i inventories/lab
-# One user of the lab at a time (tests, drills, benchmarks, the demo): whole runs hold this lock.
-LAB_LOCK := flock /run/lock/autopgpool-lab.lock
+# One user of a lab at a time (tests, drills, benchmarks, the demo): whole runs hold this lock. Labs in other
+# slots (AUTOPGPOOL_LAB_SLOT=1..9, see lab/README.md) have their own machines, network and lock.
+AUTOPGPOOL_LAB_SLOT ?= 0
+LAB_LOCK := flock /run/lock/autopgpool-lab$(filter-out 0,$(AUTOPGPOOL_LAB_SLOT)).lock
 
 # Controller packages: the lab (debootstrap, nspawn, bridge, ssh), the pinned pgbouncer build and a
 # PostgreSQL server for the integration tests, HAProxy for the admin-socket module tests.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,18 +14,32 @@ IMAGE_SETUP_VERSION = 5
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = REPO_ROOT / ".lab"
 IMAGE_CACHE_DIR = Path("/var/cache/autopgpool-lab/images")
-MACHINES_DIR = Path("/var/lib/autopgpool-lab/machines")
+
+# Several labs can run side by side on one machine (two platforms, two checkouts), each in its own slot:
+# AUTOPGPOOL_LAB_SLOT=N (0-9) gives it its own bridge, network 10.231.N.0/24, machine names, machine
+# directory and lock. Slot 0 is the default and keeps the names and addresses the docs show.
+SLOT = int(os.environ.get("AUTOPGPOOL_LAB_SLOT", "0") or 0)
+if not 0 <= SLOT <= 9:
+    raise SystemExit(f"AUTOPGPOOL_LAB_SLOT: expected 0 to 9, got {SLOT}")
+_SUFFIX = "" if SLOT == 0 else str(SLOT)
+LOCK_FILE = Path(f"/run/lock/autopgpool-lab{_SUFFIX}.lock")
+MACHINES_DIR = Path(f"/var/lib/autopgpool-lab/machines{_SUFFIX}")
 
 MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 DEFAULT_SUITE = "bookworm"
 SUPPORTED_SUITES = ("bookworm", "trixie")
 
-BRIDGE = "apglab0"
-NETWORK = ipaddress.IPv4Network("10.231.0.0/24")
-HOST_ADDRESS = ipaddress.IPv4Address("10.231.0.1")
+BRIDGE = f"apglab{SLOT}"
+NETWORK = ipaddress.IPv4Network(f"10.231.{SLOT}.0/24")
+HOST_ADDRESS = ipaddress.IPv4Address(f"10.231.{SLOT}.1")
 FIRST_MACHINE_OCTET = 10
-MACHINE_PREFIX = "apg-"
+MACHINE_PREFIX = "apg-" if SLOT == 0 else f"apg{SLOT}-"
+
+
+def machine_tag(name: str) -> str:
+    """What tells a machine's processes and cgroup apart from every other slot's (slot 0: the bare name)."""
+    return name if SLOT == 0 else MACHINE_PREFIX + name
 MAX_POOLERS = 20
 LAB_USER = "ops"
 

@@ -105,7 +105,7 @@ def container_processes(name: str) -> list[int]:
     /proc/<pid>/root cannot tell (it reads "/" from another mount namespace), and a container whose
     nspawn was SIGKILLed keeps running, reparented to the host's init.
     """
-    marker = f"{MARKER_ENV}={name}".encode()
+    marker = f"{MARKER_ENV}={config.machine_tag(name)}".encode()
     out = []
     for pid in all_pids():
         try:
@@ -309,7 +309,7 @@ def prepare_machine(machine: Machine, machines: Sequence[Machine], image: Path, 
 
 
 def machine_cgroups(name: str) -> list[Path]:
-    return [root / f"autopgpool-lab-{name}" for root in systemd_cgroup_roots()]
+    return [root / f"autopgpool-lab-{config.machine_tag(name)}" for root in systemd_cgroup_roots()]
 
 
 def _in_cgroups(cgroups: Sequence[Path], cmd: list[str]) -> list[str]:
@@ -342,7 +342,7 @@ def start_machine(machine: Machine, paths: Paths) -> int:
         f"--network-bridge={config.BRIDGE}",
         f"--machine={machine.unit_name}",
         f"--hostname={machine.name}",
-        f"--setenv={MARKER_ENV}={machine.name}",
+        f"--setenv={MARKER_ENV}={config.machine_tag(machine.name)}",
         "--console=read-only",
         "--link-journal=no",
         "--resolv-conf=off",

@@ -24,7 +24,16 @@ def ssh_common_args(known_hosts: Path) -> str:
 
 def inventory_yaml(machines: Sequence[Machine], key_file: Path, known_hosts: Path) -> str:
     """A standard Ansible YAML inventory: groups postgres, pgbouncer, and lab containing both."""
-    lines = [_HEADER.rstrip("\n"), "all:", "  children:", "    lab:", "      children:"]
+    lines = [
+        _HEADER.rstrip("\n"),
+        "all:",
+        "  vars:",
+        f"    lab_network: {_q(str(config.NETWORK))}",
+        f"    lab_controller_address: {_q(str(config.HOST_ADDRESS))}",
+        "  children:",
+        "    lab:",
+        "      children:",
+    ]
     groups: dict[str, list[Machine]] = {}
     for machine in machines:
         groups.setdefault(machine.group, []).append(machine)

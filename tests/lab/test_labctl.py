@@ -113,10 +113,11 @@ def test_image_sources_include_security_and_updates() -> None:
 
 def test_inventory_groups_and_connection_variables() -> None:
     text = render.inventory_yaml(plan_machines(), KEY, KNOWN)
-    shape = (
-        "all:\n  children:\n    lab:\n      children:\n        postgres:\n          hosts:\n            pg1:"
-    )
+    shape = "\n  children:\n    lab:\n      children:\n        postgres:\n          hosts:\n            pg1:"
     assert shape in text
+    # The lab's own addresses, for the lab inventory's allow-lists (slot 0: the documented ones).
+    addresses = '  vars:\n    lab_network: "10.231.0.0/24"\n    lab_controller_address: "10.231.0.1"\n'
+    assert "all:\n" + addresses in text
     assert "        pgbouncer:\n          hosts:\n            pool1:" in text
     assert text.count('ansible_user: "ops"') == 3
     assert text.count(f'ansible_ssh_private_key_file: "{KEY}"') == 3
