@@ -40,6 +40,8 @@ MACHINE_PREFIX = "apg-" if SLOT == 0 else f"apg{SLOT}-"
 def machine_tag(name: str) -> str:
     """What tells a machine's processes and cgroup apart from every other slot's (slot 0: the bare name)."""
     return name if SLOT == 0 else MACHINE_PREFIX + name
+
+
 MAX_POOLERS = 20
 LAB_USER = "ops"
 
