@@ -1,4 +1,7 @@
-"""Build the real pgbouncer 1.25.2 from Debian's source tarball, once, into a cache directory.
+"""Build the real pinned pgbouncer from Debian's source tarball, once, into a cache directory.
+
+The version and its tarball's sha256 come from the pgbouncer_build role's release table
+(roles/pgbouncer_build/vars/main/releases.yml), the same one a deployment uses.
 
 Usable as a module (``ensure_pgbouncer()`` returns the binary path) or as a script
 (``python tests/integration/pgbouncer_build.py`` prints the binary path).
@@ -18,10 +21,22 @@ import tarfile
 import tempfile
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-VERSION = "1.25.2"
+import yaml
+
+RELEASES_FILE = Path(__file__).resolve().parents[2] / "roles/pgbouncer_build/vars/main/releases.yml"
+
+
+def release_table() -> dict[str, Any]:
+    """The role's release table: pgbouncer_build_pinned_version and pgbouncer_build_releases."""
+    data: dict[str, Any] = yaml.safe_load(RELEASES_FILE.read_text())
+    return data
+
+
+VERSION: str = release_table()["pgbouncer_build_pinned_version"]
+SHA256: str = release_table()["pgbouncer_build_releases"][VERSION]["sha256"]
 URL = f"http://deb.debian.org/debian/pool/main/p/pgbouncer/pgbouncer_{VERSION}.orig.tar.gz"
-SHA256 = "924ad35113fd0a71c8e2dbe85b5d03445532e2b7b37a9f8a48983beea238b332"
 CONFIGURE_FLAGS = ("--with-systemd", "--with-cares", "--with-openssl")
 
 
@@ -66,7 +81,7 @@ def _run(cmd: list[str], cwd: Path, log: Path) -> None:
 
 
 def ensure_pgbouncer() -> Path:
-    """Return the path of a pgbouncer 1.25.2 binary, building it first if the cache does not hold one."""
+    """Return the path of the pinned pgbouncer binary, building it first if the cache does not hold one."""
     binary = binary_path()
     if binary.is_file() and os.access(binary, os.X_OK):
         return binary

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Read-only probe of the pgbouncer_build role, run on a host with `ansible.builtin.script`.
+
+One JSON argument in, one JSON object out. Two questions, asked with {"mode": ...}:
+
+- "install": is the build identified by `identity` (version, tarball sha256, configure options) installed
+  in `prefix`, what does its binary say to `--version`, what did an interrupted run leave behind
+  (`leftovers`), are the run-time packages installed and marked manual, and is `install_root` a directory
+  only root can change.
+- "build_dir": may root build under `path`? Only if the path and every existing ancestor are directories,
+  no symbolic links, owned by root and writable by nobody else (so no local user can plant or swap
+  anything there).
+
+Plain Python 3 standard library (the hosts have nothing else); the pure functions are unit-tested
+(tests/unit/test_build_probe.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+MARKER = "autopgpool-build.json"
+# The marker keys that identify a build; others (platform, builder) describe where it was made.
+IDENTITY_KEYS = ("version", "sha256", "configure_args")
+
+
+def unsafe_path_reasons(path: str) -> list[str]:
+    """Why root must not trust `path` (empty when it may): the path and each existing ancestor must be a real
+    directory owned by root and not writable by group or others. A world-writable ancestor (such as /var/tmp)
+    lets any user create the path first, sticky bit or not."""
+    reasons = []
+    target = Path(path)
+    if not target.is_absolute():
+        return [f"{path} is not an absolute path"]
+    for candidate in (target, *target.parents):
+        try:
+            st = os.lstat(candidate)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            reasons.append(f"{candidate} is a symbolic link")
+        elif not stat.S_ISDIR(st.st_mode):
+            reasons.append(f"{candidate} is not a directory")
+        else:
+            if st.st_uid != 0:
+                reasons.append(f"{candidate} is owned by uid {st.st_uid}, not root")
+            if st.st_mode & 0o022:
+                reasons.append(f"{candidate} is writable by group or others (mode {st.st_mode & 0o7777:04o})")
+    return reasons
+
+
+def read_marker(prefix: str) -> dict[str, Any] | None:
+    """The build marker in the prefix, or None when it is missing, unreadable or not a JSON object."""
+    try:
+        data = json.loads((Path(prefix) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_installed(marker: dict[str, Any] | None, identity: dict[str, Any]) -> bool:
+    """Whether the marker records exactly this build (version, tarball digest, configure options)."""
+    if marker is None:
+        return False
+    return all(marker.get(key) == identity.get(key) for key in IDENTITY_KEYS)
+
+
+def binary_version(binary: str) -> dict[str, Any] | None:
+    """`<binary> --version` as {rc, stdout, stderr}; None when there is no binary."""
+    if not os.path.lexists(binary):
+        return None
+    try:
+        run = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return {"rc": 126, "stdout": "", "stderr": str(err)}
+    return {"rc": run.returncode, "stdout": run.stdout, "stderr": run.stderr}
+
+
+def packages_ok(packages: list[str]) -> bool:
+    """All packages installed and marked manual (as the apt task leaves them)."""
+    if not packages:
+        return True
+    status = subprocess.run(
+        ["dpkg-query", "-W", "-f=${db:Status-Abbrev}\\n", *packages],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    auto = subprocess.run(["apt-mark", "showauto", *packages], capture_output=True, text=True, check=False)
+    return (
+        status.returncode == 0
+        and all(line.startswith("ii ") for line in status.stdout.splitlines())
+        and auto.returncode == 0
+        and not auto.stdout.strip()
+    )
+
+
+def version_ok(version: dict[str, Any] | None, expected: str) -> bool:
+    """Whether `--version` ran and names the expected release built with systemd support."""
+    if version is None or version["rc"] != 0:
+        return False
+    lines = str(version["stdout"]).splitlines()
+    return bool(lines) and lines[0] == f"PgBouncer {expected}" and "systemd: yes" in lines
+
+
+def probe_install(params: dict[str, Any]) -> dict[str, Any]:
+    """The installed build, as the role needs it: installed means marker, binary and `--version` all agree, so
+    an interrupted or damaged install is simply installed again."""
+    prefix = str(params["prefix"])
+    identity = params["identity"]
+    marker = read_marker(prefix)
+    version = binary_version(str(Path(prefix) / "bin" / "pgbouncer")) if marker is not None else None
+    return {
+        "installed": is_installed(marker, identity) and version_ok(version, str(identity["version"])),
+        "marker": marker,
+        "version": version,
+        "leftovers": [p for p in params.get("leftovers", []) if os.path.lexists(p)],
+        "packages": packages_ok(list(params.get("packages", []))),
+        "install_root_problems": unsafe_path_reasons(str(params["install_root"])),
+    }
+
+
+def probe(params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("mode") == "build_dir":
+        return {"problems": unsafe_path_reasons(str(params["path"]))}
+    return probe_install(params)
+
+
+def main(argv: list[str]) -> int:
+    print(json.dumps(probe(json.loads(argv[1]))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

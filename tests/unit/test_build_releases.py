@@ -1,0 +1,60 @@
+"""The pgbouncer_build role's one table of known releases (roles/pgbouncer_build/vars/main/releases.yml):
+the pin, digests and known CVEs that the role, the integration build, the lab inventory and the docs use."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TABLE = yaml.safe_load((REPO / "roles/pgbouncer_build/vars/main/releases.yml").read_text())
+PIN = TABLE["pgbouncer_build_pinned_version"]
+RELEASES = TABLE["pgbouncer_build_releases"]
+DRILL_RELEASES = ("1.24.1", PIN)
+
+
+def test_pin_is_a_known_release_with_a_digest() -> None:
+    assert PIN in RELEASES
+    assert re.fullmatch(r"[0-9a-f]{64}", RELEASES[PIN]["sha256"])
+
+
+def test_entries_are_well_formed() -> None:
+    for version, entry in RELEASES.items():
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+        assert entry["sha256"] is None or re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]), version
+        for cve, fixed in entry["known_cves"].items():
+            assert re.fullmatch(r"CVE-\d{4}-\d{4,}", cve), (version, cve)
+            assert fixed in RELEASES, f"{version}: {cve} fixed in {fixed}, which the table does not list"
+
+
+def test_pinned_release_is_known_vulnerable_until_the_pin_moves() -> None:
+    # 1.25.2: three CVEs fixed in 1.26.0 (2026-09-23) and three in 1.26.1 (2026-10-14).
+    assert sorted(RELEASES["1.25.2"]["known_cves"].values()) == ["1.26.0"] * 3 + ["1.26.1"] * 3
+    assert set(RELEASES["1.25.2"]["known_cves"]) <= set(RELEASES["1.24.1"]["known_cves"])
+
+
+def test_integration_build_reads_the_table() -> None:
+    source = (REPO / "tests/integration/pgbouncer_build.py").read_text()
+    assert PIN not in source
+    assert RELEASES[PIN]["sha256"] not in source
+
+
+def test_pin_is_written_nowhere_else_in_the_role() -> None:
+    role = REPO / "roles/pgbouncer_build"
+    for path in [*role.glob("defaults/*.yml"), *role.glob("tasks/*.yml"), role / "vars/main/derived.yml"]:
+        assert PIN not in path.read_text(), path
+
+
+def test_lab_accepts_exactly_the_cves_of_the_releases_it_runs() -> None:
+    lab = yaml.safe_load((REPO / "inventories/lab/group_vars/pgbouncer.yml").read_text())
+    expected = {cve for version in DRILL_RELEASES for cve in RELEASES[version]["known_cves"]}
+    assert set(lab["pgbouncer_build_accept_known_vulnerabilities"]) == expected
+
+
+def test_operations_doc_names_every_cve_of_the_pin() -> None:
+    doc = (REPO / "docs/operations.md").read_text()
+    for cve in RELEASES[PIN]["known_cves"]:
+        assert cve in doc, cve
+    assert "pgbouncer_build_accept_known_vulnerabilities" in doc
