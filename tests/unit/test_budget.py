@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from test_filter_plugin_ansible import assert_no_secret, run_play
 
 from autopgpool import ConfigError, budget_plan, render_files, summarize
 from autopgpool.api import file_descriptor_limit, limit_probes, server_limits
@@ -385,3 +386,60 @@ def test_cli_validate_prints_per_instance_sizes_and_fleet_totals(
         == 0
     )
     assert ini_value((tmp_path / "pgbouncer.ini").read_text(), "app", "pool_size") == 5
+
+
+# --- through a real ansible-playbook --------------------------------------------------------------------
+
+BUDGET_TASKS = """\
+    - name: Ask the undeclared servers
+      ansible.builtin.set_fact:
+        probes: "{{ toml_text | autopgpool_limit_probes(secrets=vault_secrets, servers=declared) }}"
+      no_log: true
+    - name: Complete the limits with a server's answer
+      ansible.builtin.set_fact:
+        limits: >-
+          {{ declared | autopgpool_server_limits(
+               [{'server': probes[0].server, 'rows': [['100', '3', '0']]}]) }}
+    - name: Summarize for the fleet
+      ansible.builtin.debug:
+        msg: >-
+          {{ (toml_text | autopgpool_summary(secrets=vault_secrets, instances=fleet, scope=scope,
+                                              servers=limits)).budget_lines }}
+    - name: Render for the fleet
+      ansible.builtin.set_fact:
+        rendered: >-
+          {{ toml_text | autopgpool_render(secrets=vault_secrets, salt_key='k',
+                                           instances=fleet, scope=scope) }}
+      no_log: true
+    - name: Write pgbouncer.ini
+      ansible.builtin.copy:
+        content: "{{ rendered['pgbouncer.ini'] }}"
+        dest: "{{ out_dir }}/pgbouncer.ini"
+        mode: "0600"
+      no_log: true
+"""
+
+
+def budget_play(tmp_path: Path, scope: str, fleet: dict[str, int]) -> tuple[int, str]:
+    tasks = BUDGET_TASKS.replace("fleet)", f"{fleet})").replace("fleet,", f"{fleet},")
+    tasks = tasks.replace("scope=scope", f"scope='{scope}'").replace(
+        "=declared", "={'pg1:5432': {'other_clients': 10}}"
+    )
+    tasks = tasks.replace("declared |", "{'pg1:5432': {'other_clients': 10}} |")
+    proc = run_play(tmp_path, EXAMPLE_CONFIG, tasks, DEMO_ENV, {})
+    output = proc.stdout + proc.stderr
+    assert_no_secret(output)
+    return proc.returncode, output
+
+
+def test_budget_filters_through_ansible(tmp_path: Path) -> None:
+    code, output = budget_play(tmp_path, "tier", DEMO_FLEET)
+    assert code == 0, output
+    assert "server pg1:5432: pools app, reporting may open 40 connections in all; it takes 87" in output
+    assert "other clients 10, from the server" in output
+    assert ini_value((tmp_path / "out/pgbouncer.ini").read_text(), "app", "pool_size") == 5
+
+    code, output = budget_play(tmp_path, "instance", {"pool1": 3, "pool2": 3})
+    assert code != 0
+    assert "PostgreSQL server pg1:5432: the pooler fleet may open 246 server connections" in output
+    assert "Traceback" not in output
