@@ -231,8 +231,9 @@ def limit_probes(
 def server_limits(declared: Mapping[str, Any] | None, reads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Declared limits completed by the servers' answers to LIMITS_QUERY.
 
-    ``reads`` holds ``{"server": "host:port", "rows": [[max, superuser_reserved, reserved]]}`` per probe;
-    what the inventory declares for a server (other_clients, say) is kept. Raises ConfigError on an answer
+    ``reads`` holds ``{"server": "host:port", "rows": [[max, superuser_reserved, reserved]]}`` per probe (or
+    the postgres_ping loop's registered results, whose "item" is the probe); what the inventory declares for a
+    server (other_clients, say) is kept. Raises ConfigError on an answer
     that is not three whole numbers.
     """
     merged: dict[str, Any] = {
@@ -240,7 +241,9 @@ def server_limits(declared: Mapping[str, Any] | None, reads: Sequence[Mapping[st
     }
     problems: list[Problem] = []
     for read in reads:
-        server = str(read.get("server", ""))
+        # A registered loop result works as is: the server is then under "item" (the probe).
+        item = read.get("item")
+        server = str(read.get("server") or (item.get("server") if isinstance(item, Mapping) else ""))
         rows = read.get("rows") or []
         values = list(rows[0]) if rows and isinstance(rows[0], Sequence) else []
         if len(values) != 3 or not all(isinstance(v, str) and v.isdigit() for v in values):
