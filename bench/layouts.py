@@ -46,6 +46,11 @@ password = "$BENCH_PASSWORD"
 grants = ["bench"]
 auth_type = "{auth}"
 
+# The bare pgbouncer's default_pool_size: 20 server connections for the whole stack too (the connection
+# budget divides them among the instances), so both sides have the same number of server connections.
+[pools.bench]
+pool_size = 20
+
 [pools.bench.remote]
 host = "pg1"
 port = 5432

@@ -14,6 +14,7 @@ from typing import Any
 from ansible.errors import AnsibleFilterError
 
 from autopgpool import ConfigError, backends, merge_sources, render_files, summarize, validate
+from autopgpool.api import limit_probes, server_limits
 
 
 def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -25,6 +26,13 @@ def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
             raise AnsibleFilterError(str(exc)) from None
 
     return filter_
+
+
+def _server_limits(declared: Mapping[str, Any] | None, reads: Any) -> dict[str, Any]:
+    try:
+        return server_limits(declared, list(reads or []))
+    except ConfigError as exc:
+        raise AnsibleFilterError(str(exc)) from None
 
 
 def _validate(toml_text: str, secrets: Mapping[str, str]) -> bool:
@@ -39,4 +47,7 @@ class FilterModule:
             "autopgpool_summary": _wrap(summarize),
             "autopgpool_backends": _wrap(backends),
             "autopgpool_validate": _wrap(_validate),
+            # Connection budget: who to ask for max_connections (holds passwords), then the limits.
+            "autopgpool_limit_probes": _wrap(limit_probes),
+            "autopgpool_server_limits": _server_limits,
         }

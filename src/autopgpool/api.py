@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import defaults
+from .budget import DEFAULT_SCOPE, Plan, make_fleet, make_limits, plan, server_key
 from .config import Config, parse_config
 from .errors import ConfigError, Problem
 from .pgbouncer_settings import needs_restart
@@ -46,6 +47,26 @@ def validate(toml_text: str, secrets: Mapping[str, str]) -> None:
     parse_config(toml_text, secrets)
 
 
+def budget_plan(
+    toml_text: str,
+    secrets: Mapping[str, str],
+    *,
+    instances: Mapping[str, Any] | int = 1,
+    scope: str = DEFAULT_SCOPE,
+    servers: Mapping[str, Any] | None = None,
+) -> Plan:
+    """The configuration with per-instance numbers for this fleet, and the budget of every PostgreSQL server.
+
+    ``instances`` is {pooler host: pgbouncer instances} (or one total); ``scope`` says what the TOML's
+    numbers are budgets for (budget.SCOPES); ``servers`` is {"host:port": {max_connections, ...}}
+    (budget.SERVER_KEYS).
+    The default (one instance) leaves every number as written, as autopg-pool's single pgbouncer used it.
+    Raises ConfigError when a number cannot be divided or a server's budget is exceeded.
+    """
+    config = parse_config(toml_text, secrets)
+    return plan(config, make_fleet(instances, scope), make_limits(servers))
+
+
 def render_files(
     toml_text: str,
     secrets: Mapping[str, str],
@@ -53,10 +74,16 @@ def render_files(
     config_dir: str = DEFAULT_CONFIG_DIR,
     salt_key: str | bytes | None = None,
     previous_userlist: str | None = None,
+    instances: Mapping[str, Any] | int = 1,
+    scope: str = DEFAULT_SCOPE,
+    servers: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The three files, by name. See hashing.py for how salt_key and previous_userlist keep output stable."""
+    """The three files, by name. See hashing.py for how salt_key and previous_userlist keep output stable.
+
+    pgbouncer.ini carries the per-instance numbers of :func:`budget_plan` for ``instances`` and ``scope``.
+    """
     check_config_dir(config_dir)
-    config = parse_config(toml_text, secrets)
+    config = budget_plan(toml_text, secrets, instances=instances, scope=scope, servers=servers).config
     return {
         "pgbouncer.ini": render_ini(config, config_dir=config_dir),
         "userlist.txt": render_userlist(
@@ -90,14 +117,25 @@ def _server_conns(config: Config, pool_size: int | None, reserve: int | None, ca
     return min(size + extra, cap) if cap else size + extra
 
 
-def summarize(toml_text: str, secrets: Mapping[str, str]) -> dict[str, Any]:
+def summarize(
+    toml_text: str,
+    secrets: Mapping[str, str],
+    *,
+    instances: Mapping[str, Any] | int = 1,
+    scope: str = DEFAULT_SCOPE,
+    servers: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Facts the roles need (ports, sizes, names, fd limit, restart-only settings). Holds no secret.
+
+    Sizes and the fd limit are per instance for the fleet given (see :func:`budget_plan`);
+    ``connection_budget`` holds the budget plan (``budget_lines``: the same for people to read).
 
     A remote host, port, database or username that came from a variable is shown as written (``"$DB_HOST"``),
     never expanded. ``warnings`` lists what works but may surprise a user of autopg-pool (for the roles to
     print); like errors, they name keys and variables, never values.
     """
-    config = parse_config(toml_text, secrets)
+    budget = budget_plan(toml_text, secrets, instances=instances, scope=scope, servers=servers)
+    config = budget.config
     default_mode = config.settings["pool_mode"]
     return {
         "listen_addr": config.listen_addr,
@@ -132,6 +170,8 @@ def summarize(toml_text: str, secrets: Mapping[str, str]) -> dict[str, Any]:
         "file_descriptor_limit": file_descriptor_limit(config),
         "restart_settings": {k: v for k, v in sorted(config.settings.items()) if needs_restart(k)},
         "warnings": [str(w) for w in config.warnings],
+        "connection_budget": budget.as_dict(),
+        "budget_lines": budget.lines(),
     }
 
 
@@ -146,3 +186,80 @@ def backends(toml_text: str, secrets: Mapping[str, str]) -> list[dict[str, Any]]
         {"host": h, "port": p, "database": d, "username": u, "password": pw}
         for (h, p, d, u, pw) in sorted(seen)
     ]
+
+
+#: What the playbook reads from a PostgreSQL server whose limits the inventory does not declare.
+#: current_setting with missing_ok answers NULL for reserved_connections on PostgreSQL before 16.
+LIMITS_QUERY = (
+    "SELECT current_setting('max_connections'), current_setting('superuser_reserved_connections'), "
+    "coalesce(current_setting('reserved_connections', true), '0')"
+)
+
+
+def limit_probes(
+    toml_text: str, secrets: Mapping[str, str], *, servers: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """One login per PostgreSQL server whose max_connections ``servers`` does not declare: the first pool's
+    remote (host, port, database, username, password, sslmode for the ping module). The password is a secret.
+
+    sslmode is ``require`` when [pgbouncer].server_tls_sslmode asks for TLS (require, verify-ca, verify-full),
+    else ``disable``: the read verifies no certificate; declare the limits to avoid it.
+    """
+    config = parse_config(toml_text, secrets)
+    declared = make_limits(servers)
+    tls = config.settings.get("server_tls_sslmode", "prefer") in ("require", "verify-ca", "verify-full")
+    probes: dict[str, dict[str, Any]] = {}
+    for pool in config.pools:
+        r = pool.remote
+        key = server_key(r.host, r.port)
+        if key in declared or key in probes:
+            continue
+        probes[key] = {
+            "server": key,
+            "shown": server_key(r.shown("host"), r.shown("port")),
+            "host": r.host,
+            "port": r.port,
+            "database": r.database,
+            "username": r.username,
+            "password": r.password,
+            "sslmode": "require" if tls else "disable",
+            "query": LIMITS_QUERY,
+        }
+    return list(probes.values())
+
+
+def server_limits(declared: Mapping[str, Any] | None, reads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Declared limits completed by the servers' answers to LIMITS_QUERY.
+
+    ``reads`` holds ``{"server": "host:port", "rows": [[max, superuser_reserved, reserved]]}`` per probe (or
+    the postgres_ping loop's registered results, whose "item" is the probe); what the inventory declares for a
+    server (other_clients, say) is kept. Raises ConfigError on an answer
+    that is not three whole numbers.
+    """
+    merged: dict[str, Any] = {
+        k: dict(v) if isinstance(v, Mapping) else v for k, v in (declared or {}).items()
+    }
+    problems: list[Problem] = []
+    for read in reads:
+        # A registered loop result works as is: the server is then under "item" (the probe).
+        item = read.get("item")
+        server = str(read.get("server") or (item.get("server") if isinstance(item, Mapping) else ""))
+        rows = read.get("rows") or []
+        values = list(rows[0]) if rows and isinstance(rows[0], Sequence) else []
+        if len(values) != 3 or not all(isinstance(v, str) and v.isdigit() for v in values):
+            problems.append(
+                Problem(f"PostgreSQL server {server}", "did not answer max_connections as numbers")
+            )
+            continue
+        entry = dict(merged.get(server) or {})
+        entry.update(
+            max_connections=int(values[0]),
+            superuser_reserved_connections=int(values[1]),
+            reserved_connections=int(values[2]),
+            source="server",
+        )
+        merged[server] = entry
+    if problems:
+        raise ConfigError(problems)
+    make_limits(merged)
+    return merged

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .api import check_config_dir, render_files, summarize, validate
+from .budget import MAX_INSTANCES
 from .errors import ConfigError
 from .reading import MAX_CONFIG_BYTES, read_config_file
 
@@ -40,6 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("--config-path", required=True, type=Path, help="path to autopgpool.toml")
     gen = sub.add_parser("generate", help="validate, then write the three pgbouncer files")
     gen.add_argument("--config-path", required=True, type=Path, help="path to autopgpool.toml")
+    for command in (val, gen):
+        command.add_argument(
+            "--instances",
+            type=_positive,
+            default=1,
+            metavar="N",
+            help="pgbouncer processes that share the file's connection numbers (all instances of all "
+            "pooler hosts): each gets the numbers divided by N, rounded down (default: 1, one pgbouncer, as "
+            "autopg-pool ran; see 'Connection budget' in docs/configuration.md)",
+        )
     gen.add_argument("--output-dir", required=True, type=Path, help="directory for the three files")
     gen.add_argument(
         "--config-dir",
@@ -56,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
         "the output dir) a re-run writes byte-identical files (default: %(default)s)",
     )
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_INSTANCES:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_INSTANCES}")
+    return int(text)
 
 
 def _stage(path: Path, content: str, mode: int) -> Path:
@@ -161,12 +178,14 @@ def _validate(args: argparse.Namespace, toml_text: str) -> int:
     env = dict(os.environ)
     try:
         validate(toml_text, env)
-        info = summarize(toml_text, env)
+        info = summarize(toml_text, env, instances=args.instances)
     except ConfigError as exc:
         print(f"{args.config_path}: {exc}", file=sys.stderr)
         return 1
     _print_warnings(args.config_path, info["warnings"])
     print(f"{args.config_path}: valid ({len(info['pools'])} pools, {len(info['users'])} users)")
+    for line in info["budget_lines"]:
+        print(line)
     return 0
 
 
@@ -191,8 +210,9 @@ def _generate(args: argparse.Namespace, toml_text: str) -> int:
             config_dir=config_dir,
             salt_key=os.environ.get(args.salt_key_env) or None,
             previous_userlist=_previous_userlist(out / "userlist.txt"),
+            instances=args.instances,
         )
-        info = summarize(toml_text, env)
+        info = summarize(toml_text, env, instances=args.instances)
     except ConfigError as exc:
         print(f"{args.config_path}: {exc}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 
 from autopgpool.api import file_descriptor_limit
+from autopgpool.budget import make_fleet, plan
 from autopgpool.config import Config
 
 pytestmark = pytest.mark.e2e
@@ -67,7 +68,9 @@ def test_every_instance_is_an_active_notify_unit(lab_poolers) -> None:  # type: 
 
 
 def test_fd_limit_is_the_documented_formula(lab_poolers, example: Config) -> None:  # type: ignore[no-untyped-def]
-    expected = file_descriptor_limit(example)
+    # Per instance: the pool sizes are the connection budget's share of each instance (docs/configuration.md).
+    fleet = {host.name: len(_instances(host)) for host in lab_poolers}
+    expected = file_descriptor_limit(plan(example, make_fleet(fleet)).config)
     for host in lab_poolers:
         for n in _instances(host):
             pid = _show(host, f"pgbouncer@{n}.service", "MainPID")["MainPID"]

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from autopgpool.api import LIMITS_QUERY, server_limits
+from autopgpool.budget import make_limits
+
 from .test_pgbouncer_real import (
     PG_BIN,
     _chown,
@@ -143,3 +146,12 @@ def test_unreachable_port_is_named() -> None:
     with pytest.raises(postgres_ping.PostgresError, match=r"cannot connect to 127\.0\.0\.1:"):
         postgres_ping.ping({"host": "127.0.0.1", "port": _free_port(), "user": "u", "password": "p",
                             "database": "d", "connect_timeout": 2})  # fmt: skip
+
+
+def test_reads_the_connection_limits_the_budget_needs(server: dict[str, object]) -> None:
+    """What the pgbouncer role asks a PostgreSQL server whose limits the inventory does not declare: as an
+    ordinary login role, and PostgreSQL 15 has no reserved_connections (read as 0)."""
+    result = _ping(server, query=LIMITS_QUERY)
+    assert result["rows"] == [["100", "3", "0"]]
+    limits = server_limits({"127.0.0.1:5432": {"other_clients": 7}}, [{"server": "127.0.0.1:5432", **result}])
+    assert make_limits(limits)["127.0.0.1:5432"].budget == 100 - 3 - 7

@@ -98,7 +98,7 @@ def test_good_config_renders_through_ansible(tmp_path: Path) -> None:
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert "valid=True" in output
-    assert '"file_descriptor_limit": 630' in output  # the summary arrived as a mapping: 500 + 25 + 5 + 100
+    assert '"file_descriptor_limit": 641' in output  # the summary arrived as a mapping: 500 + 25 + 16 + 100
     assert_no_secret(output)
     assert "from-the-environment" not in output
     out = tmp_path / "out"

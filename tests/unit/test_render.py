@@ -108,8 +108,8 @@ def test_summary_has_no_secrets_and_documented_numbers() -> None:
     }
     assert info["pools"]["reporting"]["pool_mode"] == "session"
     assert info["users"] == ["admin", "app_user", "both_user", "report_user", "stats"]
-    # 500 clients + (20 + 5) + (5 + 0) + margin 100
-    assert info["file_descriptor_limit"] == 500 + 25 + 5 + 100
+    # 500 clients + (20 + 5) + (16 + 0) + margin 100 (one instance: the numbers as written)
+    assert info["file_descriptor_limit"] == 500 + 25 + 16 + 100
     assert info["restart_settings"] == {}
     assert info["client_tls"] is False
     assert not any(v in repr(info) for v in DEMO_ENV.values())

@@ -44,6 +44,8 @@ def _run(tmp_path: Path, secrets: dict[str, str], salt_key: str) -> subprocess.C
                 "pgbouncer_config_file": str(EXAMPLE),
                 "pgbouncer_secrets": secrets,
                 "pgbouncer_scram_salt_key": salt_key,
+                # Declared, so the run does not log in to the lab's pg1 (tests/unit/test_role_budget.py does).
+                "pgbouncer_postgres_servers": {"pg1:5432": {"max_connections": 100}},
             }
         )
     )
