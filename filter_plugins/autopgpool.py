@@ -14,6 +14,7 @@ from typing import Any
 from ansible.errors import AnsibleFilterError
 
 from autopgpool import ConfigError, backends, merge_sources, render_files, summarize, validate
+from autopgpool.monitoring import exporter_config, file_sd, fleet_table
 
 
 def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -32,6 +33,19 @@ def _validate(toml_text: str, secrets: Mapping[str, str]) -> bool:
     return True
 
 
+def _plain(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Filters that take no TOML: only the error mapping."""
+
+    @functools.wraps(func)
+    def filter_(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            raise AnsibleFilterError(str(exc)) from None
+
+    return filter_
+
+
 class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -39,4 +53,7 @@ class FilterModule:
             "autopgpool_summary": _wrap(summarize),
             "autopgpool_backends": _wrap(backends),
             "autopgpool_validate": _wrap(_validate),
+            "autopgpool_exporter_config": _wrap(exporter_config),
+            "autopgpool_file_sd": _plain(file_sd),
+            "autopgpool_fleet_table": _plain(fleet_table),
         }
