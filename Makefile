@@ -14,10 +14,11 @@ LAB_INVENTORY := -i .lab/inventory.yml -i inventories/lab
 LAB_LOCK := flock /run/lock/autopgpool-lab.lock
 
 # Controller packages: the lab (debootstrap, nspawn, bridge, ssh), the pinned pgbouncer build and a
-# PostgreSQL server for the integration tests, HAProxy for checking haproxy.cfg locally.
+# PostgreSQL server for the integration tests, HAProxy for checking haproxy.cfg locally, Prometheus for
+# promtool (the alert rules' checks and unit tests; its server is not run on the controller).
 APT_PACKAGES := debootstrap systemd-container iproute2 openssh-client rsync curl ca-certificates \
 	build-essential pkg-config libevent-dev libssl-dev libc-ares-dev libsystemd-dev \
-	postgresql postgresql-client postgresql-contrib python3-venv
+	postgresql postgresql-client postgresql-contrib python3-venv prometheus
 
 include lab/lab.mk
 -include mk/*.mk
@@ -32,6 +33,7 @@ deps: ## Install the controller's Debian packages (only those missing)
 	if [ -n "$$missing" ]; then \
 		echo "Installing: $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		case " $$missing " in *" prometheus "*) systemctl disable --now prometheus.service 2>/dev/null || true;; esac; \
 	fi
 
 $(VENV)/.installed: pyproject.toml
@@ -44,7 +46,9 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed ## Create the virtualenv with the package and its tools
 
 .PHONY: lint
-lint: venv ## ruff, mypy, yamllint, ansible-lint (production profile)
+lint: venv ## ruff, mypy, yamllint, ansible-lint (production profile), promtool on the alert rules
+	promtool check rules monitoring/rules/*.yml
+	promtool test rules monitoring/tests/*.yml
 	ruff check .
 	ruff format --check .
 	mypy
