@@ -4,15 +4,17 @@ socket as the stats user and reports pools, stats and lists, with a waiting clie
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
-import psycopg
 from prometheus_client import CollectorRegistry, generate_latest
 
 from autopgpool.exporter import Collector, parse_exporter_config, pools_report
 from autopgpool.monitoring import exporter_config, fleet_table
 
 from .test_pgbouncer_real import Lab, lab  # noqa: F401  (the module-scoped fixture)
+
+ERRORS: list[str] = []
 
 
 def _config(lab: Lab) -> Any:  # noqa: F811
@@ -44,30 +46,32 @@ def test_exporter_reads_every_show_command_as_the_stats_user(lab: Lab) -> None: 
 
 
 def test_a_full_session_pool_shows_waiting_clients(lab: Lab) -> None:  # noqa: F811
-    """reporting is a session pool of 5: six clients in pg_sleep leave one waiting, bounded to 4 seconds."""
-    conns = [lab.connect("reporting", "report_user", secret="REPORT_USER_PASSWORD") for _ in range(6)]
-    threads = [threading.Thread(target=_sleep, args=(c,)) for c in conns]
+    """reporting is a session pool of 5: six clients in pg_sleep(3) leave one waiting until a session ends.
+    Each client closes its own session after its query, so the last one gets a server within about 3 s."""
+    threads = [threading.Thread(target=_session, args=(lab,)) for _ in range(6)]
+    waiting = 'state="waiting",user="reporting_owner"} 1.0'
+    text = ""
+    for t in threads:
+        t.start()
     try:
-        for t in threads:
-            t.start()
-        deadline_text = ""
         for _ in range(30):
-            deadline_text = _metrics(lab)
-            if 'state="waiting",user="reporting_owner"} 1.0' in deadline_text:
+            text = _metrics(lab)
+            if waiting in text:
                 break
-            threading.Event().wait(0.1)
-        assert 'state="waiting",user="reporting_owner"} 1.0' in deadline_text
+            time.sleep(0.05)
+        assert waiting in text
         table = fleet_table([pools_report(_config(lab))])
-        row = next(
-            line.split() for line in table.splitlines() if line.startswith("it ") and "reporting" in line
-        )
-        assert row[5:7] == ["5", "1"]  # cl_active, cl_waiting
     finally:
         for t in threads:
             t.join(timeout=15)
-        for c in conns:
-            c.close()
+    assert not ERRORS, ERRORS
+    row = next(line.split() for line in table.splitlines() if line.startswith("it ") and "reporting" in line)
+    assert row[5:7] == ["5", "1"], row  # cl_active, cl_waiting
 
 
-def _sleep(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("SELECT pg_sleep(2)")
+def _session(lab: Lab) -> None:  # noqa: F811
+    try:
+        with lab.connect("reporting", "report_user", secret="REPORT_USER_PASSWORD") as conn:
+            conn.execute("SELECT pg_sleep(3)")
+    except Exception as exc:
+        ERRORS.append(type(exc).__name__)
