@@ -74,9 +74,11 @@ test: deps venv lint unit lab-smoke molecule ## Everything CI runs
 demo: deps venv lab-image lab-up ## Boot the lab and deploy examples/autopgpool.toml to it
 	$(LAB_LOCK) ansible-playbook $(LAB_INVENTORY) lab/playbooks/postgres.yml
 	$(LAB_LOCK) ansible-playbook $(LAB_INVENTORY) playbooks/site.yml
+	$(LAB_LOCK) ansible-playbook $(LAB_INVENTORY) lab/playbooks/monitoring.yml
 	$(LAB_LOCK) ansible-playbook $(LAB_INVENTORY) playbooks/smoke_test.yml
 	@echo
 	@echo "The lab is up. Connect through HAProxy on either pooler host (password: examples/demo.env):"
 	@echo "  PGPASSWORD=demo-app-user-pw psql \"host=10.231.0.11 port=6432 user=app_user dbname=app\""
 	@echo "  PGPASSWORD=demo-app-user-pw psql \"host=10.231.0.12 port=6432 user=app_user dbname=app\""
+	@echo "Prometheus (pool metrics, alerts): http://10.231.0.10:9090   |   Fleet view: ansible-playbook $(LAB_INVENTORY) playbooks/fleet.yml"
 	@echo "Machines: ssh -F .lab/ssh_config pool1   |   Tear down: make lab-down"
