@@ -259,12 +259,25 @@ class Console:
             connect_timeout=self._config.connect_timeout,
             application_name="autopgpool-exporter",
             autocommit=True,  # the console refuses BEGIN
+            # The console speaks only the simple protocol; psycopg would prepare a query run 5 times.
+            prepare_threshold=None,
         )
 
     def query(self, sql: str) -> Rows:
-        """Rows of a console command (no parameters: psycopg then uses the simple protocol)."""
-        if self._conn is None or self._conn.closed:
-            self._conn = self._connect()
+        """Rows of a console command (no parameters: psycopg then uses the simple protocol).
+
+        A kept connection that fails (the instance restarted since the last scrape) is replaced once before
+        the error counts, so a restart between scrapes does not read as a down instance.
+        """
+        if self._conn is not None and not self._conn.closed:
+            try:
+                return self._rows(sql)
+            except Exception:
+                self.close()
+        self._conn = self._connect()
+        return self._rows(sql)
+
+    def _rows(self, sql: str) -> Rows:
         cur = self._conn.execute(sql)
         names = [col.name for col in cur.description or ()]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

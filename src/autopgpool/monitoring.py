@@ -153,6 +153,8 @@ def fleet_table(reports: Iterable[Mapping[str, Any]]) -> str:
                     (str(report["host"]), str(inst["id"]), "DOWN", "", "", *("" for _ in FLEET_COLUMNS))
                 )
                 continue
+            if not inst["pools"]:  # pgbouncer opens a pool on its first client
+                rows.append((str(report["host"]), str(inst["id"]), "-", "", "", *("" for _ in FLEET_COLUMNS)))
             for pool in sorted(inst["pools"], key=lambda p: (str(p["database"]), str(p["user"]))):
                 values = [
                     _maxwait(pool) if col == "maxwait" else float(pool.get(col) or 0)

@@ -45,6 +45,24 @@ def test_exporter_reads_every_show_command_as_the_stats_user(lab: Lab) -> None: 
     assert lab.env["STATS_PASSWORD"] not in text
 
 
+def test_a_kept_console_connection_stays_up_scrape_after_scrape(lab: Lab) -> None:  # noqa: F811
+    """One collector, many scrapes: the console connection is kept and every scrape reads it (psycopg's
+    automatic prepare after 5 runs would switch to the extended protocol, which the console refuses)."""
+    registry = CollectorRegistry(auto_describe=False)
+    collector = Collector(_config(lab))
+    registry.register(collector)  # type: ignore[arg-type]
+    try:
+        kept = None
+        for i in range(12):
+            text = generate_latest(registry).decode()
+            assert 'pgbouncer_up{host="it",instance_id="1"} 1.0' in text, f"scrape {i + 1}"
+            kept = kept or collector.consoles[0]._conn
+            assert collector.consoles[0]._conn is kept, f"reconnected at scrape {i + 1}"
+    finally:
+        for console in collector.consoles:
+            console.close()
+
+
 def test_a_full_session_pool_shows_waiting_clients(lab: Lab) -> None:  # noqa: F811
     """reporting is a session pool of 5: six clients in pg_sleep(3) leave one waiting until a session ends.
     Each client closes its own session after its query, so the last one gets a server within about 3 s."""

@@ -197,7 +197,12 @@ def test_fleet_table_lists_every_pool_side_by_side_with_totals() -> None:
     other = {**POOL_ROW, "cl_waiting": 0, "maxwait": 0, "maxwait_us": 0, "cl_active": 1}
     table = fleet_table(
         [
-            _report("pool2", {"id": 1, "up": True, "pools": [other]}, {"id": 2, "up": False, "pools": []}),
+            _report(
+                "pool2",
+                {"id": 1, "up": True, "pools": [other]},
+                {"id": 2, "up": False, "pools": []},
+                {"id": 3, "up": True, "pools": []},
+            ),
             _report(
                 "pool1", {"id": 2, "up": True, "pools": [POOL_ROW]}, {"id": 1, "up": True, "pools": [other]}
             ),
@@ -206,14 +211,21 @@ def test_fleet_table_lists_every_pool_side_by_side_with_totals() -> None:
     lines = table.splitlines()
     assert lines[0].split() == ["host", "inst", "database", "user", "mode", "cl_active", "cl_waiting",
                                 "sv_active", "sv_idle", "sv_used", "maxwait_s"]  # fmt: skip
-    body = [line.split() for line in lines[2:6]]
-    assert [row[:2] for row in body] == [["pool1", "1"], ["pool1", "2"], ["pool2", "1"], ["pool2", "2"]]
+    body = [line.split() for line in lines[2:7]]
+    assert [row[:2] for row in body] == [
+        ["pool1", "1"],
+        ["pool1", "2"],
+        ["pool2", "1"],
+        ["pool2", "2"],
+        ["pool2", "3"],
+    ]
     assert body[3][2] == "DOWN"
+    assert body[4][2:] == ["-"]  # up, no pool opened yet: still listed
     totals = [line.split() for line in lines if line.startswith("TOTAL")]
     # app/app_owner: cl_active 1 + 3 + 1, cl_waiting 2, maxwait is the largest (4.5 s), not a sum.
     assert totals[0] == ["TOTAL", "app", "app_owner", "5", "2", "9", "3", "0", "4.5"]
     assert totals[-1][:3] == ["TOTAL", "*", "*"]
-    assert lines[-1] == "2 host(s), 4 instance(s), 1 down"
+    assert lines[-1] == "2 host(s), 5 instance(s), 1 down"
 
 
 def test_file_sd_is_sorted_and_brackets_ipv6() -> None:
