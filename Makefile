@@ -16,10 +16,11 @@ AUTOPGPOOL_LAB_SLOT ?= 0
 LAB_LOCK := flock /run/lock/autopgpool-lab$(filter-out 0,$(AUTOPGPOOL_LAB_SLOT)).lock
 
 # Controller packages: the lab (debootstrap, nspawn, bridge, ssh), the pinned pgbouncer build and a
-# PostgreSQL server for the integration tests, HAProxy for the admin-socket module tests.
+# PostgreSQL server for the integration tests, HAProxy for the admin-socket module tests, Prometheus for
+# promtool (the alert rules' checks and unit tests; its server is not run on the controller).
 APT_PACKAGES := debootstrap systemd-container iproute2 openssh-client rsync curl ca-certificates \
 	build-essential pkg-config libevent-dev libssl-dev libc-ares-dev libsystemd-dev \
-	postgresql postgresql-client postgresql-contrib python3-venv haproxy
+	postgresql postgresql-client postgresql-contrib python3-venv haproxy prometheus
 
 include lab/lab.mk
 -include mk/*.mk
@@ -34,6 +35,7 @@ deps: ## Install the controller's Debian packages (only those missing)
 	if [ -n "$$missing" ]; then \
 		echo "Installing: $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		case " $$missing " in *" prometheus "*) systemctl disable --now prometheus.service 2>/dev/null || true;; esac; \
 	fi
 
 # Every package of the controller's environment is pinned by version and sha256 (requirements/*.txt; the process
@@ -59,7 +61,9 @@ lock: ## Regenerate the hash-pinned requirements/*.txt from pyproject.toml and r
 venv: $(VENV)/.installed ## Create the virtualenv with the package and its tools
 
 .PHONY: lint
-lint: venv ## ruff, mypy, yamllint, ansible-lint (production profile)
+lint: venv ## ruff, mypy, yamllint, ansible-lint (production profile), promtool on the alert rules
+	promtool check rules monitoring/rules/*.yml
+	promtool test rules monitoring/tests/*.yml
 	ruff check .
 	ruff format --check .
 	mypy
@@ -85,9 +89,11 @@ test: deps venv lint unit lab-smoke molecule ## Everything CI runs
 demo: deps venv lab-image lab-up ## Boot the lab and deploy examples/autopgpool.toml to it
 	$(LAB_LOCK) ansible-playbook $(LAB_INVENTORY) lab/playbooks/postgres.yml
 	$(LAB_LOCK) ansible-playbook $(LAB_INVENTORY) playbooks/site.yml
+	$(LAB_LOCK) ansible-playbook $(LAB_INVENTORY) lab/playbooks/monitoring.yml
 	$(LAB_LOCK) ansible-playbook $(LAB_INVENTORY) playbooks/smoke_test.yml
 	@echo
 	@echo "The lab is up. Connect through HAProxy on either pooler host (password: examples/demo.env):"
 	@echo "  PGPASSWORD=demo-app-user-pw psql \"host=10.231.0.11 port=6432 user=app_user dbname=app\""
 	@echo "  PGPASSWORD=demo-app-user-pw psql \"host=10.231.0.12 port=6432 user=app_user dbname=app\""
+	@echo "Prometheus (pool metrics, alerts): http://10.231.0.10:9090   |   Fleet view: ansible-playbook $(LAB_INVENTORY) playbooks/fleet.yml"
 	@echo "Machines: ssh -F .lab/ssh_config pool1   |   Tear down: make lab-down"

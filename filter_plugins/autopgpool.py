@@ -15,6 +15,7 @@ from ansible.errors import AnsibleFilterError
 
 from autopgpool import ConfigError, backends, merge_sources, render_files, summarize, validate
 from autopgpool.api import limit_probes, server_limits
+from autopgpool.monitoring import exporter_config, file_sd, fleet_table
 
 
 def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -40,6 +41,19 @@ def _validate(toml_text: str, secrets: Mapping[str, str]) -> bool:
     return True
 
 
+def _plain(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Filters that take no TOML: only the error mapping."""
+
+    @functools.wraps(func)
+    def filter_(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            raise AnsibleFilterError(str(exc)) from None
+
+    return filter_
+
+
 class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -50,4 +64,7 @@ class FilterModule:
             # Connection budget: who to ask for max_connections (holds passwords), then the limits.
             "autopgpool_limit_probes": _wrap(limit_probes),
             "autopgpool_server_limits": _server_limits,
+            "autopgpool_exporter_config": _wrap(exporter_config),
+            "autopgpool_file_sd": _plain(file_sd),
+            "autopgpool_fleet_table": _plain(fleet_table),
         }

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Bump whenever image-time setup changes in a way that must invalidate cached images.
-IMAGE_SETUP_VERSION = 5
+IMAGE_SETUP_VERSION = 6
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = REPO_ROOT / ".lab"
@@ -82,6 +82,10 @@ IMAGE_PACKAGES: tuple[str, ...] = (
     "libc-ares-dev",
     "libsystemd-dev",
     "python3-psycopg2",
+    # The pgbouncer exporter (roles/pgbouncer_exporter) and the lab Prometheus on the monitoring host.
+    "python3-prometheus-client",
+    "python3-psycopg",
+    "prometheus",
 )
 
 

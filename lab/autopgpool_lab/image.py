@@ -30,9 +30,9 @@ set -eu
 systemctl enable systemd-networkd.service ssh.service
 # Reads the kernel command line for network config; useless in a container and seen failing at boot.
 systemctl mask systemd-network-generator.service
-# PostgreSQL runs only where the lab_postgres role enables it, HAProxy only where the haproxy role does:
-# no machine runs a service it was not given.
-systemctl disable postgresql.service haproxy.service
+# PostgreSQL runs only where the lab_postgres role enables it, HAProxy only where the haproxy role does,
+# Prometheus only where the lab_prometheus role does: no machine runs a service it was not given.
+systemctl disable postgresql.service haproxy.service prometheus.service
 if systemctl list-unit-files systemd-resolved.service >/dev/null 2>&1; then
     systemctl disable systemd-resolved.service || true
 fi

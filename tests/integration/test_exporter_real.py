@@ -1,0 +1,95 @@
+"""The exporter in front of the real pgbouncer of test_pgbouncer_real (same fixture): it logs in over the unix
+socket as the stats user and reports pools, stats and lists, with a waiting client when a pool is full."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from autopgpool.exporter import Collector, parse_exporter_config, pools_report
+from autopgpool.monitoring import exporter_config, fleet_table
+
+from .test_pgbouncer_real import Lab, lab  # noqa: F401  (the module-scoped fixture)
+
+ERRORS: list[str] = []
+
+
+def _config(lab: Lab) -> Any:  # noqa: F811
+    data = exporter_config(
+        lab.toml, lab.env, host="it",
+        endpoints=[{"id": 1, "port": lab.pgb_port, "socket_dir": str(lab.base / "pgbsock")}], fd_limit=1000,
+    )  # fmt: skip
+    return parse_exporter_config(data)
+
+
+def _metrics(lab: Lab) -> str:  # noqa: F811
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(_config(lab)))  # type: ignore[arg-type]
+    return generate_latest(registry).decode()
+
+
+def test_exporter_reads_every_show_command_as_the_stats_user(lab: Lab) -> None:  # noqa: F811
+    assert lab.current_db("app", "app_user", "APP_USER_PASSWORD") == "app_db"  # pools appear on first use
+    text = _metrics(lab)
+    assert 'pgbouncer_up{host="it",instance_id="1"} 1.0' in text
+    names = ["pgbouncer_pool_clients", "pgbouncer_pool_servers", "pgbouncer_pool_maxwait_seconds"]
+    names += ["pgbouncer_stats_transactions_total", "pgbouncer_database_pool_size", "pgbouncer_list_items"]
+    names += ["pgbouncer_fds_connections", "pgbouncer_config_max_client_conn", "pgbouncer_fd_limit"]
+    for name in names:
+        assert f"\n{name}{{" in text, name
+    assert 'database="app",host="it",instance_id="1",state="waiting",user="app_owner"' in text
+    assert 'pgbouncer_config_max_client_conn{host="it",instance_id="1"} 77.0' in text
+    assert lab.env["STATS_PASSWORD"] not in text
+
+
+def test_a_kept_console_connection_stays_up_scrape_after_scrape(lab: Lab) -> None:  # noqa: F811
+    """One collector, many scrapes: the console connection is kept and every scrape reads it (psycopg's
+    automatic prepare after 5 runs would switch to the extended protocol, which the console refuses)."""
+    registry = CollectorRegistry(auto_describe=False)
+    collector = Collector(_config(lab))
+    registry.register(collector)  # type: ignore[arg-type]
+    try:
+        kept = None
+        for i in range(12):
+            text = generate_latest(registry).decode()
+            assert 'pgbouncer_up{host="it",instance_id="1"} 1.0' in text, f"scrape {i + 1}"
+            kept = kept or collector.consoles[0]._conn
+            assert collector.consoles[0]._conn is kept, f"reconnected at scrape {i + 1}"
+    finally:
+        for console in collector.consoles:
+            console.close()
+
+
+def test_a_full_session_pool_shows_waiting_clients(lab: Lab) -> None:  # noqa: F811
+    """reporting is a session pool of 5: six clients in pg_sleep(3) leave one waiting until a session ends.
+    Each client closes its own session after its query, so the last one gets a server within about 3 s."""
+    threads = [threading.Thread(target=_session, args=(lab,)) for _ in range(6)]
+    waiting = 'state="waiting",user="reporting_owner"} 1.0'
+    text = ""
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(30):
+            text = _metrics(lab)
+            if waiting in text:
+                break
+            time.sleep(0.05)
+        assert waiting in text
+        table = fleet_table([pools_report(_config(lab))])
+    finally:
+        for t in threads:
+            t.join(timeout=15)
+    assert not ERRORS, ERRORS
+    row = next(line.split() for line in table.splitlines() if line.startswith("it ") and "reporting" in line)
+    assert row[5:7] == ["5", "1"], row  # cl_active, cl_waiting
+
+
+def _session(lab: Lab) -> None:  # noqa: F811
+    try:
+        with lab.connect("reporting", "report_user", secret="REPORT_USER_PASSWORD") as conn:
+            conn.execute("SELECT pg_sleep(3)")
+    except Exception as exc:
+        ERRORS.append(type(exc).__name__)
