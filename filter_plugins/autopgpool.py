@@ -14,6 +14,7 @@ from typing import Any
 from ansible.errors import AnsibleFilterError
 
 from autopgpool import ConfigError, backends, merge_sources, render_files, summarize, validate
+from autopgpool.tls import check_ca, check_client_tls
 
 
 def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -32,6 +33,23 @@ def _validate(toml_text: str, secrets: Mapping[str, str]) -> bool:
     return True
 
 
+def _tls_problems(
+    cert_pem: str | None, key: str | None, ca: str | None, names: list[str], min_days: int
+) -> list[str]:
+    """``cert | autopgpool_tls_problems(key=..., ca=..., names=[...], min_days=30)``: the problems of one
+    host's client certificate, key and CA, each naming its inventory variable (run it under no_log: the key
+    is an argument; the result never contains it)."""
+    wanted = [str(n) for n in names]
+    return check_client_tls(
+        str(cert_pem or ""), str(key or ""), str(ca or ""), names=wanted, min_days=int(min_days)
+    )
+
+
+def _ca_problems(pem: str | None, variable: str) -> list[str]:
+    """``ca_text | autopgpool_ca_problems('pgbouncer_server_tls_ca_file')``."""
+    return check_ca(str(pem or ""), variable)
+
+
 class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -39,4 +57,6 @@ class FilterModule:
             "autopgpool_summary": _wrap(summarize),
             "autopgpool_backends": _wrap(backends),
             "autopgpool_validate": _wrap(_validate),
+            "autopgpool_tls_problems": _tls_problems,
+            "autopgpool_ca_problems": _ca_problems,
         }
