@@ -92,8 +92,9 @@ demo: deps venv lab-image lab-up ## Boot the lab and deploy examples/autopgpool.
 	$(LAB_LOCK) ansible-playbook $(LAB_INVENTORY) lab/playbooks/monitoring.yml
 	$(LAB_LOCK) ansible-playbook $(LAB_INVENTORY) playbooks/smoke_test.yml
 	@echo
-	@echo "The lab is up. Connect through HAProxy on either pooler host (password: examples/demo.env):"
-	@echo "  PGPASSWORD=demo-app-user-pw psql \"host=10.231.0.11 port=6432 user=app_user dbname=app\""
-	@echo "  PGPASSWORD=demo-app-user-pw psql \"host=10.231.0.12 port=6432 user=app_user dbname=app\""
+	@echo "The lab is up. Connect through HAProxy on either pooler host, TLS verified against the lab CA"
+	@echo "(password: examples/demo.env; TLS is required, pgbouncer verifies pg1 the same way):"
+	@echo "  PGPASSWORD=demo-app-user-pw psql \"host=10.231.0.11 port=6432 user=app_user dbname=app sslmode=verify-full sslrootcert=$(CURDIR)/.lab/tls/ca.crt\""
+	@echo "  PGPASSWORD=demo-app-user-pw psql \"host=pool2 hostaddr=10.231.0.12 port=6432 user=app_user dbname=app sslmode=verify-full sslrootcert=$(CURDIR)/.lab/tls/ca.crt\""
 	@echo "Prometheus (pool metrics, alerts): http://10.231.0.10:9090   |   Fleet view: ansible-playbook $(LAB_INVENTORY) playbooks/fleet.yml"
 	@echo "Machines: ssh -F .lab/ssh_config pool1   |   Tear down: make lab-down"

@@ -54,8 +54,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     pg.add_argument(
         "--sslmode",
-        choices=["disable", "prefer"],
+        choices=["disable", "prefer", "require"],
         help="PGSSLMODE for every run (default: libpq's, prefer: TLS wherever the server offers it)",
+    )
+    pg.add_argument(
+        "--client-tls",
+        choices=["disable", "prefer", "require"],
+        help="pgbouncer_client_tls_sslmode of the stack during the run (default: the lab's, require)",
+    )
+    pg.add_argument(
+        "--variant-unix",
+        action="store_true",
+        help="target 'variant': HAProxy reaches the instances over their unix sockets (the old transport)",
     )
     gen = sub.add_parser("generate", help="autopgpool generate on a large config (no lab needed)")
     gen.add_argument("--users", type=int, default=10_000)
@@ -80,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.haproxy_global,
             args.haproxy_defaults,
             args.auth,
+            args.client_tls,
+            args.variant_unix,
         )
     elif args.part == "generate":
         out = toolkit.generate(args.users, args.pools, args.reps)

@@ -8,6 +8,7 @@ to pg1, so every path crosses the bridge exactly once per server round trip.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import tempfile
 from collections.abc import Sequence
@@ -94,8 +95,14 @@ TARGETS = {
 }
 
 
-def variant_config(deployed: str, global_lines: Sequence[str], defaults_lines: Sequence[str]) -> str:
-    """The deployed haproxy.cfg moved to free ports and its own admin socket, plus the lines under test."""
+def variant_config(
+    deployed: str, global_lines: Sequence[str], defaults_lines: Sequence[str], *, unix: bool = False
+) -> str:
+    """The deployed haproxy.cfg moved to free ports and its own admin socket, plus the lines under test.
+
+    unix=True: the old transport, HAProxy -> the instances' unix sockets instead of TCP on loopback (for the
+    A/B of the transport). The sockets are root and pgbouncer-group only now, so that copy runs as root.
+    """
     out: list[str] = []
     section = ""
     for original in deployed.splitlines():
@@ -103,7 +110,13 @@ def variant_config(deployed: str, global_lines: Sequence[str], defaults_lines: S
         stripped = line.strip()
         if line and not line[0].isspace():
             section = stripped.split()[0]
-        if stripped.startswith("stats socket "):
+        server = re.fullmatch(r"server (pgbouncer(\d+)) 127\.0\.0\.1:(\d+)", stripped)
+        if unix and server:
+            name, n, port = server.groups()
+            line = f"    server {name} unix@/run/pgbouncer/{n}/.s.PGSQL.{port}"
+        elif unix and (stripped.startswith(("user ", "group ", "source "))):
+            continue
+        elif stripped.startswith("stats socket "):
             line = f"    stats socket {BARE_DIR}/haproxy-admin.sock mode 600 level admin"
         elif stripped.startswith("bind ") and section == "frontend" and ":6432" in stripped:
             line = line.replace(":6432", f":{VARIANT_PORT}")
@@ -117,10 +130,10 @@ def variant_config(deployed: str, global_lines: Sequence[str], defaults_lines: S
     return "\n".join(out) + "\n"
 
 
-def _start_variant(global_lines: Sequence[str], defaults_lines: Sequence[str]) -> None:
+def _start_variant(global_lines: Sequence[str], defaults_lines: Sequence[str], *, unix: bool = False) -> None:
     deployed = lab.ssh(POOLER, ["sudo", "cat", "/etc/haproxy/haproxy.cfg"])
-    lab.put(POOLER, f"{BARE_DIR}/haproxy.cfg", variant_config(deployed, global_lines, defaults_lines),
-            owner="root", mode="0600")  # fmt: skip
+    config = variant_config(deployed, global_lines, defaults_lines, unix=unix)
+    lab.put(POOLER, f"{BARE_DIR}/haproxy.cfg", config, owner="root", mode="0600")
     lab.ssh(POOLER, ["sudo", "haproxy", "-c", "-q", "-f", f"{BARE_DIR}/haproxy.cfg"])
     lab.ssh(POOLER, ["sudo", "systemd-run", f"--unit={VARIANT_UNIT}", "--collect", "--quiet",
                      "haproxy", "-Ws", "-f", f"{BARE_DIR}/haproxy.cfg"])  # fmt: skip
@@ -131,14 +144,17 @@ def _start_variant(global_lines: Sequence[str], defaults_lines: Sequence[str]) -
     )
 
 
-def _overlay_files(workdir: Path, auth: str) -> tuple[Path, str]:
+def _overlay_files(workdir: Path, auth: str, client_tls: str | None = None) -> tuple[Path, str]:
     """Write the overlay TOML and the extra-vars file; return the extra-vars path and the bare userlist."""
     toml = (lab.REPO / "examples" / "autopgpool.toml").read_text(encoding="utf-8") + OVERLAY.format(auth=auth)
     secrets = lab.demo_secrets() | {"BENCH_PASSWORD": PASSWORD}
     toml_path = workdir / "autopgpool-bench.toml"
     toml_path.write_text(toml, encoding="utf-8")
     extra = workdir / "bench-vars.json"
-    extra.write_text(json.dumps({"pgbouncer_config_file": str(toml_path), "pgbouncer_secrets": secrets}))
+    extra_vars: dict[str, object] = {"pgbouncer_config_file": str(toml_path), "pgbouncer_secrets": secrets}
+    if client_tls is not None:
+        extra_vars["pgbouncer_client_tls_sslmode"] = client_tls
+    extra.write_text(json.dumps(extra_vars))
     extra.chmod(0o600)
     files = render_files(toml, secrets, salt_key=secrets["AUTOPGPOOL_SCRAM_SALT_KEY"])
     wanted = (f'"{USER}" ', f'"{OWNER}" ')
@@ -316,13 +332,15 @@ def main(  # noqa: PLR0917
     haproxy_global: Sequence[str] = (),
     haproxy_defaults: Sequence[str] = (),
     auth: str = "scram-sha-256",
+    client_tls: str | None = None,
+    variant_unix: bool = False,
 ) -> str:
     modes = ["persistent", "-C"]
     lab.labctl("up")  # idempotent; after `make test` the lab may be down or fresh
     lab.log("postgres.yml (the lab's PostgreSQL with the example's backends)")
     lab.playbook("lab/playbooks/postgres.yml")
     with tempfile.TemporaryDirectory(prefix="autopgpool-bench-") as tmp:
-        extra, userlist = _overlay_files(Path(tmp), auth)
+        extra, userlist = _overlay_files(Path(tmp), auth, client_tls)
         try:
             lab.log("postgres: bench role and database")
             _setup_postgres(auth)
@@ -334,7 +352,7 @@ def main(  # noqa: PLR0917
             _setup_pooler(userlist, scale, auth)
             if "variant" in targets:
                 lab.log(f"pool1: HAProxy variant on :{VARIANT_PORT}: {[*haproxy_global, *haproxy_defaults]}")
-                _start_variant(haproxy_global, haproxy_defaults)
+                _start_variant(haproxy_global, haproxy_defaults, unix=variant_unix)
             cells = matrix(targets, clients, modes, reps, shape)
         finally:
             lab.log("restore: stop the bare pgbouncer, redeploy the example, drop the bench database")

@@ -16,6 +16,7 @@ from ansible.errors import AnsibleFilterError
 from autopgpool import ConfigError, backends, merge_sources, render_files, summarize, validate
 from autopgpool.api import limit_probes, server_limits
 from autopgpool.monitoring import exporter_config, file_sd, fleet_table
+from autopgpool.tls import check_ca, check_client_tls
 
 
 def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -54,6 +55,23 @@ def _plain(func: Callable[..., Any]) -> Callable[..., Any]:
     return filter_
 
 
+def _tls_problems(
+    cert_pem: str | None, key: str | None, ca: str | None, names: list[str], min_days: int
+) -> list[str]:
+    """``cert | autopgpool_tls_problems(key=..., ca=..., names=[...], min_days=30)``: the problems of one
+    host's client certificate, key and CA, each naming its inventory variable (run it under no_log: the key
+    is an argument; the result never contains it)."""
+    wanted = [str(n) for n in names]
+    return check_client_tls(
+        str(cert_pem or ""), str(key or ""), str(ca or ""), names=wanted, min_days=int(min_days)
+    )
+
+
+def _ca_problems(pem: str | None, variable: str) -> list[str]:
+    """``ca_text | autopgpool_ca_problems('pgbouncer_server_tls_ca_file')``."""
+    return check_ca(str(pem or ""), variable)
+
+
 class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -67,4 +85,6 @@ class FilterModule:
             "autopgpool_exporter_config": _wrap(exporter_config),
             "autopgpool_file_sd": _plain(file_sd),
             "autopgpool_fleet_table": _plain(fleet_table),
+            "autopgpool_tls_problems": _tls_problems,
+            "autopgpool_ca_problems": _ca_problems,
         }

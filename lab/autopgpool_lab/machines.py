@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, render
+from . import ca, config, render
 from .config import Machine
 from .image import build_image
 from .system import (
@@ -505,6 +505,9 @@ def up(poolers: int, suite: str, paths: Paths) -> None:
         errors = [e for e in pool.map(lambda m: wait_ready(m, paths, BOOT_TIMEOUT), machines) if e]
     if errors:
         raise LabError("lab did not come up:\n" + "\n".join(errors))
+    issued = ca.ensure(paths.state / "tls", machines)
+    if issued:
+        print(f"lab CA ({paths.state / 'tls' / 'ca.crt'}) issued certificates for {', '.join(issued)}")
     elapsed = time.monotonic() - started
     print(f"lab up in {elapsed:.1f}s: {len(to_boot)} booted, {len(running)} already running ({suite})")
     for machine in machines:

@@ -44,6 +44,12 @@ options:
     description: Admin state to set; omitted leaves it alone.
     type: str
     choices: [ready, drain, maint]
+  health:
+    description: >-
+      C(disable) pauses the servers' health checks (they keep their current state), C(enable) resumes them;
+      omitted leaves them alone. A reload starts new workers with every check enabled.
+    type: str
+    choices: [enable, disable]
   wait:
     description: >-
       C(idle) waits until the servers hold no session, C(up) until every one is UP and ready, C(none) returns
@@ -163,19 +169,22 @@ def run(
         )
     state = params.get("state")
     to_change = [n for n in names if state and servers[n]["admin_state"] != state]
+    health = params.get("health")
+    commands = [f"set server {backend}/{n} state {state}" for n in to_change]
+    commands += [f"{health} health {backend}/{n}" for n in names] if health else []
     if check_mode:
-        return {"changed": bool(to_change), "servers": servers, "timed_out": False}
-    for name in to_change:
-        answer = send(path, f"set server {backend}/{name} state {state}").strip()
+        return {"changed": bool(commands), "servers": servers, "timed_out": False}
+    for command in commands:
+        answer = send(path, command).strip()
         if answer:
-            raise HAProxyError(f"HAProxy refused `set server {backend}/{name} state {state}`: {answer}")
+            raise HAProxyError(f"HAProxy refused `{command}`: {answer}")
     wait = params.get("wait") or "none"
     deadline = clock() + float(params.get("timeout", 30))
     servers = servers_of(send(path, "show stat"), backend)
     while not _done(servers, names, wait) and clock() < deadline:
         sleep(0.2)
         servers = servers_of(send(path, "show stat"), backend)
-    return {"changed": bool(to_change), "servers": servers, "timed_out": not _done(servers, names, wait)}
+    return {"changed": bool(commands), "servers": servers, "timed_out": not _done(servers, names, wait)}
 
 
 def main() -> None:  # pragma: no cover - exercised through ansible-playbook in the tests
@@ -185,6 +194,7 @@ def main() -> None:  # pragma: no cover - exercised through ansible-playbook in 
             "backend": {"type": "str", "required": True},
             "servers": {"type": "list", "elements": "str", "default": []},
             "state": {"type": "str", "choices": ["ready", "drain", "maint"]},
+            "health": {"type": "str", "choices": ["enable", "disable"]},
             "wait": {"type": "str", "choices": ["none", "idle", "up"], "default": "none"},
             "timeout": {"type": "float", "default": 30},
             "fail_on_timeout": {"type": "bool", "default": True},

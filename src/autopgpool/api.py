@@ -10,8 +10,10 @@ from . import defaults
 from .budget import DEFAULT_SCOPE, Plan, make_fleet, make_limits, plan, server_key
 from .config import Config, parse_config
 from .errors import ConfigError, Problem
+from .network import INSTANCE_ADDRESS, InstanceNetwork, plan_network
 from .pgbouncer_settings import needs_restart
-from .render import DEFAULT_CONFIG_DIR, render_hba, render_ini, render_userlist
+from .render import CLIENT_TLS_REQUIRED, DEFAULT_CONFIG_DIR, render_hba, render_ini, render_userlist
+from .tls import plan_settings, raise_problems
 
 FILES = ("pgbouncer.ini", "userlist.txt", "pgbouncer_hba.conf")
 
@@ -40,6 +42,28 @@ def check_config_dir(config_dir: str) -> None:
                 )
             ]
         )
+
+
+def _network(network: Mapping[str, Any] | None) -> InstanceNetwork:
+    """The inventory's addresses (pgbouncer_instance_listen_addr, pgbouncer_haproxy_source_addr,
+    pgbouncer_admin_networks, pgbouncer_server_networks) checked and planned; defaults when None."""
+    given = dict(network or {})
+    return plan_network(
+        listen_addr=str(given.get("listen_addr") or INSTANCE_ADDRESS),
+        frontdoor_source=str(given.get("frontdoor_source") or "127.0.0.2"),
+        admin_networks=[str(n) for n in given.get("admin_networks") or ()],
+        server_networks=[str(n) for n in given.get("server_networks") or ()],
+    )
+
+
+def _tls(
+    config: Config, tls: Mapping[str, Any] | None, config_dir: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(TLS settings for pgbouncer.ini, TLS files by setting -> host path), after checking the inventory's
+    part (``tls``, see tls.plan_settings) against the TOML."""
+    settings, files, problems = plan_settings(config.settings, config_dir=config_dir, tls=dict(tls or {}))
+    raise_problems(problems)
+    return settings, files
 
 
 def validate(toml_text: str, secrets: Mapping[str, str]) -> None:
@@ -77,19 +101,26 @@ def render_files(
     instances: Mapping[str, Any] | int = 1,
     scope: str = DEFAULT_SCOPE,
     servers: Mapping[str, Any] | None = None,
+    network: Mapping[str, Any] | None = None,
+    tls: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """The three files, by name. See hashing.py for how salt_key and previous_userlist keep output stable.
 
-    pgbouncer.ini carries the per-instance numbers of :func:`budget_plan` for ``instances`` and ``scope``.
+    pgbouncer.ini carries the per-instance numbers of :func:`budget_plan` for ``instances`` and ``scope``,
+    and the TLS settings of the inventory's ``tls``; the HBA rules follow ``network``.
     """
     check_config_dir(config_dir)
     config = budget_plan(toml_text, secrets, instances=instances, scope=scope, servers=servers).config
+    net = _network(network)
+    tls_settings, _ = _tls(config, tls, config_dir)
     return {
-        "pgbouncer.ini": render_ini(config, config_dir=config_dir),
+        "pgbouncer.ini": render_ini(config, config_dir=config_dir, extra_settings=tls_settings),
         "userlist.txt": render_userlist(
             config, salt_key=_salt_bytes(salt_key), previous_userlist=previous_userlist
         ),
-        "pgbouncer_hba.conf": render_hba(config),
+        "pgbouncer_hba.conf": render_hba(
+            config, network=net, client_tls_required=tls_settings["client_tls_sslmode"] in CLIENT_TLS_REQUIRED
+        ),
     }
 
 
@@ -124,8 +155,12 @@ def summarize(
     instances: Mapping[str, Any] | int = 1,
     scope: str = DEFAULT_SCOPE,
     servers: Mapping[str, Any] | None = None,
+    network: Mapping[str, Any] | None = None,
+    tls: Mapping[str, Any] | None = None,
+    config_dir: str = DEFAULT_CONFIG_DIR,
 ) -> dict[str, Any]:
-    """Facts the roles need (ports, sizes, names, fd limit, restart-only settings). Holds no secret.
+    """Facts the roles need (ports, sizes, names, fd limit, restart-only settings, TLS, addresses). Holds no
+    secret.
 
     Sizes and the fd limit are per instance for the fleet given (see :func:`budget_plan`);
     ``connection_budget`` holds the budget plan (``budget_lines``: the same for people to read).
@@ -136,6 +171,8 @@ def summarize(
     """
     budget = budget_plan(toml_text, secrets, instances=instances, scope=scope, servers=servers)
     config = budget.config
+    net = _network(network)
+    tls_settings, tls_files = _tls(config, tls, config_dir)
     default_mode = config.settings["pool_mode"]
     return {
         "listen_addr": config.listen_addr,
@@ -166,7 +203,17 @@ def summarize(
         # The role requires a SCRAM salt key exactly when some user's verifier is SCRAM.
         "uses_scram": any(config.user_auth_type(user) == "scram-sha-256" for user in config.users),
         # pgbouncer answers an SSLRequest with 'S' when client TLS is on, else 'N' (HAProxy's health check).
-        "client_tls": config.settings.get("client_tls_sslmode", "disable") != "disable",
+        "client_tls": tls_settings["client_tls_sslmode"] != "disable",
+        "client_tls_required": tls_settings["client_tls_sslmode"] in CLIENT_TLS_REQUIRED,
+        "client_tls_sslmode": tls_settings["client_tls_sslmode"],
+        "server_tls_sslmode": tls_settings["server_tls_sslmode"],
+        # pgbouncer setting -> path on the host of each TLS file the role installs from the inventory.
+        "tls_files": tls_files,
+        # Where HAProxy reaches the instances and from which address; the unit's IP filter (may be empty).
+        "instance_address": INSTANCE_ADDRESS,
+        "haproxy_source_addr": net.frontdoor.split("/")[0],
+        "operator_networks": list(net.operators),
+        "ip_address_allow": list(net.ip_address_allow),
         "file_descriptor_limit": file_descriptor_limit(config),
         "restart_settings": {k: v for k, v in sorted(config.settings.items()) if needs_restart(k)},
         "warnings": [str(w) for w in config.warnings],

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 
 from .config import Config, Pool
 from .hashing import choose_scram_verifiers, md5_verifier
+from .network import InstanceNetwork, plan_network
 
 DEFAULT_CONFIG_DIR = "/etc/pgbouncer"
 HEADER = "Rendered by autopgpool from autopgpool.toml; do not edit, changes are overwritten."
@@ -68,7 +69,9 @@ def _pool_size(config: Config, pool: Pool) -> int:
     return pool.pool_size if pool.pool_size is not None else config.int_setting("default_pool_size")
 
 
-def render_ini(config: Config, *, config_dir: str = DEFAULT_CONFIG_DIR) -> str:
+def render_ini(
+    config: Config, *, config_dir: str = DEFAULT_CONFIG_DIR, extra_settings: Mapping[str, str] | None = None
+) -> str:
     config_dir = config_dir.rstrip("/") or "/"
     lines = [
         f";; {HEADER}",
@@ -109,6 +112,8 @@ def render_ini(config: Config, *, config_dir: str = DEFAULT_CONFIG_DIR) -> str:
         lines += ["", "[users]", *user_lines]
 
     settings: dict[str, str] = dict(config.settings)
+    # The deployment's TLS files (tls.py): paths on the host, never set by the TOML.
+    settings.update(extra_settings or {})
     settings["auth_type"] = "hba"
     settings["auth_file"] = f"{config_dir}/userlist.txt".replace("//", "/")
     settings["auth_hba_file"] = f"{config_dir}/pgbouncer_hba.conf".replace("//", "/")
@@ -159,25 +164,38 @@ def render_userlist(
     return "\n".join(lines) + "\n"
 
 
-def render_hba(config: Config) -> str:
+CLIENT_TLS_REQUIRED = ("require", "verify-ca", "verify-full")
+
+
+def render_hba(
+    config: Config, *, network: InstanceNetwork | None = None, client_tls_required: bool = False
+) -> str:
+    """Rules by peer address (see network.py): application users from HAProxy's source address and from the
+    operators' addresses, console users from the operators' addresses only; ``hostssl`` when pgbouncer's
+    client_tls_sslmode requires TLS (require or stricter), so the rules say what pgbouncer enforces anyway."""
+    net = network if network is not None else plan_network()
+    tcp = "hostssl" if client_tls_required else "host"
     rows: list[tuple[str, str, str, str, str]] = []
     for user in config.users:
         method = config.user_auth_type(user)
         if user.grants:
             dbs = ",".join(dq(g) for g in user.grants)
             rows.append(("local", dbs, dq(user.username), "", method))
-            rows.append(("host", dbs, dq(user.username), "all", method))
+            for address in (net.frontdoor, *net.operators):
+                rows.append((tcp, dbs, dq(user.username), address, method))
     console_users = sorted(set(config.admin_users) | set(config.stats_users))
     methods: Mapping[str, str] = {u.username: config.user_auth_type(u) for u in config.users}
     for name in console_users:
         rows.append(("local", "pgbouncer", dq(name), "", methods[name]))
-        rows.append(("host", "pgbouncer", dq(name), "all", methods[name]))
+        for address in net.operators:
+            rows.append((tcp, "pgbouncer", dq(name), address, methods[name]))
     lines = [
         f"# {HEADER}",
         "# Each user reaches only the pools granted to it; admin and stats users also reach the pgbouncer",
-        "# console. Peer addresses are not filtered here: pgbouncer only sees HAProxy or loopback, and",
-        "# address allow-lists live in HAProxy. Backend users (userlist.txt lines with a plain password) are",
-        "# not listed unless also declared in [[users]], so they cannot log in as clients.",
+        f"# console, but only from the host (unix socket, {net.operators[0]}) or a declared admin network:",
+        f"# HAProxy connects from {net.frontdoor}, which carries application clients only. Backend",
+        "# users (userlist.txt lines with a plain password) are not listed unless declared in [[users]],",
+        "# so they cannot log in as clients.",
         "# TYPE  DATABASE  USER  ADDRESS  METHOD",
     ]
     lines += [" ".join(part for part in row if part) for row in rows]

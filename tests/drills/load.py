@@ -60,6 +60,7 @@ class Load:
         user: str = "app_user",
         dbname: str = "app",
         max_seconds: float = 600,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.hosts = hosts
         self.connect = connect
@@ -80,6 +81,8 @@ class Load:
         self._script.write_text(SCRIPT)
         user_ = next(u for u in example_config().users if u.username == user)
         self._env = {"PGPASSWORD": user_.password, "PATH": "/usr/bin:/bin", "PGCONNECT_TIMEOUT": "5"}
+        # e.g. PGSSLMODE=verify-full and PGSSLROOTCERT: libpq's TLS settings for every pgbench client.
+        self._env.update(env or {})
 
     # -- figures -------------------------------------------------------------------------------------------
     @property

@@ -91,16 +91,6 @@ def test_unit_exposure_is_ok(lab_poolers) -> None:  # type: ignore[no-untyped-de
         assert float(match.group(1)) <= MAX_EXPOSURE, f"{host.name}: {match.group(0)}"
 
 
-def test_haproxy_user_can_reach_every_socket(lab_poolers) -> None:  # type: ignore[no-untyped-def]
-    for host in lab_poolers:
-        for n in _instances(host):
-            path = f"/run/pgbouncer/{n}/.s.PGSQL.{BASE_PORT + n}"
-            host.run(
-                "runuser -u haproxy -- python3 -c "
-                f"\"import socket; s = socket.socket(socket.AF_UNIX); s.settimeout(3); s.connect('{path}')\""
-            )
-
-
 def test_reload_keeps_the_process(lab_poolers) -> None:  # type: ignore[no-untyped-def]
     host = lab_poolers[0]
     before = _show(host, "pgbouncer@1.service", "MainPID")["MainPID"]

@@ -51,9 +51,13 @@ def test_example_renders_expected_files() -> None:
     assert users["reporting_owner"] == "demo-reporting-owner-pw"
     assert list(users) == sorted(users)
     hba = files["pgbouncer_hba.conf"].splitlines()
-    assert 'host "app","reporting" "both_user" all scram-sha-256' in hba
-    assert 'host "reporting" "report_user" all md5' in hba
-    assert 'host pgbouncer "admin" all scram-sha-256' in hba
+    # Application users from HAProxy's source address and the host's loopback; the console only from loopback.
+    assert 'host "app","reporting" "both_user" 127.0.0.2/32 scram-sha-256' in hba
+    assert 'host "app","reporting" "both_user" 127.0.0.1/32 scram-sha-256' in hba
+    assert 'host "reporting" "report_user" 127.0.0.2/32 md5' in hba
+    assert 'host pgbouncer "admin" 127.0.0.1/32 scram-sha-256' in hba
+    assert not [line for line in hba if "pgbouncer" in line.split()[1:2] and "127.0.0.2/32" in line]
+    assert not [line for line in hba if line.startswith("host ") and " all " in line and "reject" not in line]
     assert hba[-2:] == ["local all all reject", "host all all all reject"]
     # backend-only users get no hba line: the reject-all tail refuses them as clients
     rules = [line for line in hba if line and not line.startswith("#")]
@@ -75,7 +79,7 @@ def test_userlist_escapes_double_quotes() -> None:
     toml = toml.replace('grants = ["orders"]', 'grants = ["orders"]\nauth_type = "md5"')
     files = render_files(toml, {"SVC_PASSWORD": "x", "ORDERS_DB_PASSWORD": "y"})
     assert '\n"sv""c" "md5' in files["userlist.txt"]
-    assert '"orders" "sv""c" all md5' in files["pgbouncer_hba.conf"]
+    assert '"orders" "sv""c" 127.0.0.2/32 md5' in files["pgbouncer_hba.conf"]
     assert parse_userlist(files["userlist.txt"]).keys() == {"orders_rw", 'sv"c'}
 
 
@@ -117,7 +121,7 @@ def test_summary_has_no_secrets_and_documented_numbers() -> None:
 
 def test_summary_reports_client_tls_for_the_health_check() -> None:
     with_tls = EXAMPLE.replace("[pgbouncer]\n", '[pgbouncer]\nclient_tls_sslmode = "require"\n', 1)
-    assert summarize(with_tls, DEMO_ENV)["client_tls"] is True
+    assert summarize(with_tls, DEMO_ENV, tls={"client": True})["client_tls"] is True
 
 
 def test_fd_limit_caps_by_max_db_connections_and_restart_settings() -> None:
@@ -159,7 +163,7 @@ def test_backend_user_shared_with_client_user_gets_one_plain_line() -> None:
     files = render_files(toml, DEMO_ENV, salt_key="k")
     lines = [line for line in files["userlist.txt"].splitlines() if line.startswith('"app_owner"')]
     assert lines == ['"app_owner" "demo-app-owner-pw"']
-    assert 'host "app" "app_owner" all scram-sha-256' in files["pgbouncer_hba.conf"].splitlines()
+    assert 'host "app" "app_owner" 127.0.0.2/32 scram-sha-256' in files["pgbouncer_hba.conf"].splitlines()
 
 
 def test_userlist_is_byte_stable_and_commented() -> None:
