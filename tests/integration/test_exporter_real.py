@@ -9,6 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from autopgpool.config import parse_config
 from autopgpool.exporter import Collector, parse_exporter_config, pools_report
 from autopgpool.monitoring import exporter_config, fleet_table
 
@@ -64,9 +65,11 @@ def test_a_kept_console_connection_stays_up_scrape_after_scrape(lab: Lab) -> Non
 
 
 def test_a_full_session_pool_shows_waiting_clients(lab: Lab) -> None:  # noqa: F811
-    """reporting is a session pool of 5: six clients in pg_sleep(3) leave one waiting until a session ends.
+    """reporting is a session pool of N: N + 1 clients in pg_sleep(3) leave one waiting until a session ends.
     Each client closes its own session after its query, so the last one gets a server within about 3 s."""
-    threads = [threading.Thread(target=_session, args=(lab,)) for _ in range(6)]
+    size = next(p.pool_size for p in parse_config(lab.toml, lab.env).pools if p.name == "reporting")
+    assert size is not None
+    threads = [threading.Thread(target=_session, args=(lab,)) for _ in range(size + 1)]
     waiting = 'state="waiting",user="reporting_owner"} 1.0'
     text = ""
     for t in threads:
@@ -84,7 +87,7 @@ def test_a_full_session_pool_shows_waiting_clients(lab: Lab) -> None:  # noqa: F
             t.join(timeout=15)
     assert not ERRORS, ERRORS
     row = next(line.split() for line in table.splitlines() if line.startswith("it ") and "reporting" in line)
-    assert row[5:7] == ["5", "1"], row  # cl_active, cl_waiting
+    assert row[5:7] == [str(size), "1"], row  # cl_active, cl_waiting
 
 
 def _session(lab: Lab) -> None:  # noqa: F811
