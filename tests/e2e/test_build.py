@@ -80,7 +80,7 @@ def _recap(output: str) -> dict[str, dict[str, int]]:
 def hosts() -> Iterator[tuple[Host, list[Host]]]:
     builder, pools = postgres_host(), poolers()
     every = [builder, *pools]
-    cleanup = f"rm -rf {SCRATCH} {OLD_BUILD_DIR} {HIJACKED}"
+    cleanup = f"rm -rf {SCRATCH} {OLD_BUILD_DIR} {HIJACKED} {NEW_BUILD_DIR}/work-{BUILD_ID}"
     for host in every:
         host.run(cleanup)
     yield builder, pools
@@ -95,6 +95,8 @@ def first_build(hosts: tuple[Host, list[Host]], tmp_path_factory: pytest.TempPat
     builder, pools = hosts
     for host in [builder, *pools]:
         _plant(host, f"{OLD_BUILD_DIR}/{BUILD_ID}", as_user="nobody")
+    # The build directory as the role leaves it (root-owned 0750), with a stale work tree in it.
+    builder.run(f"install -d -o root -g root -m 0750 {NEW_BUILD_DIR}")
     _plant(builder, f"{NEW_BUILD_DIR}/work-{BUILD_ID}", as_user="root")
     pools[0].run(
         f"mkdir -p {SCRATCH}/.{BUILD_ID}.partial {PREFIX}/bin && "
