@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from .stack import Host, example_config, poolers, postgres_host
+from .stack import Host, example_config, haproxy_admin, poolers, postgres_host
 
 pytestmark = pytest.mark.e2e
 
@@ -151,17 +151,23 @@ def test_haproxy_reload_keeps_established_sessions(host: Host) -> None:
     assert workers == "1", host.run("ps -o pid,lstart,args -u haproxy")
 
 
+def _haproxy_session_lines(host: Host, since: str) -> list[str]:
+    time.sleep(0.5)  # journald receives the datagram asynchronously
+    return [
+        line
+        for line in host.run(f"journalctl -q -o cat -u haproxy.service --since=@{since}").splitlines()
+        if " pgbouncer " in line and "pgbouncer_instances/" in line
+    ]
+
+
 @pytest.mark.parametrize("host", POOLERS[:1], ids=lambda h: h.name)
-def test_haproxy_logs_failed_sessions_only(host: Host) -> None:
-    """Normal sessions leave no line (journald's rate limit must not drop errors among thousands of connects);
-    a session HAProxy could not serve is logged with its client address."""
+def test_haproxy_logs_sessions_it_could_not_serve(host: Host) -> None:
+    """A session HAProxy could not serve is logged, with its client address."""
     since = host.run("date +%s.%N").strip()
-    assert all(_query(host) == 1 for _ in range(5))
     servers = sorted(_server_states(host))
-    admin = "socat stdio /run/haproxy/admin.sock"
     try:
         for server in servers:
-            host.run(f"echo 'set server pgbouncer_instances/{server} state maint' | {admin}")
+            haproxy_admin(host, f"set server pgbouncer_instances/{server} state maint")
         with socket.create_connection((host.address, example_config().listen_port), timeout=5) as sock:
             client = "{}:{}".format(*sock.getsockname()[:2])
             sock.sendall(bytes.fromhex("0000000804d2162f"))  # SSLRequest; no instance to hand it to
@@ -169,16 +175,27 @@ def test_haproxy_logs_failed_sessions_only(host: Host) -> None:
             assert sock.recv(1) == b""  # HAProxy gives up and closes
     finally:
         for server in servers:
-            host.run(f"echo 'set server pgbouncer_instances/{server} state ready' | {admin}")
-    time.sleep(0.5)  # journald receives the datagram asynchronously
-    lines = [
-        line
-        for line in host.run(f"journalctl -q -o cat -u haproxy.service --since=@{since}").splitlines()
-        if " pgbouncer " in line and "pgbouncer_instances/" in line
-    ]
+            haproxy_admin(host, f"set server pgbouncer_instances/{server} state ready")
+    lines = [line for line in _haproxy_session_lines(host, since) if "<NOSRV>" in line]
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"{client} "), lines
-    assert "pgbouncer_instances/<NOSRV>" in lines[0], lines
+
+
+@pytest.mark.parametrize("host", POOLERS[:1], ids=lambda h: h.name)
+def test_haproxy_does_not_log_normal_sessions(host: Host, request: pytest.FixtureRequest) -> None:
+    """Normal sessions leave no line, so journald's rate limit never drops errors among thousands of connects.
+
+    Known to fail with client TLS (docs/tls.md): pgbouncer 1.25 closes a TLS session with the client's
+    close_notify unread, the kernel answers with a reset, and HAProxy logs the session as aborted (SD).
+    """
+    if "client_tls_sslmode = disable" not in host.run("cat /etc/pgbouncer/pgbouncer.ini"):
+        request.applymarker(
+            pytest.mark.xfail(reason="TLS sessions end in a reset (docs/tls.md)", strict=True)
+        )
+    since = host.run("date +%s.%N").strip()
+    assert all(_query(host) == 1 for _ in range(5))
+    lines = _haproxy_session_lines(host, since)
+    assert lines == [], lines
 
 
 def test_haproxy_runs_only_on_poolers() -> None:
