@@ -72,7 +72,7 @@ lint: venv ## ruff, mypy, yamllint, ansible-lint (production profile), promtool 
 
 .PHONY: unit
 unit: deps venv ## Unit tests and the real-pgbouncer integration tests (loopback only)
-	pytest -m "not e2e and not lab"
+	AUTOPGPOOL_LAB_SLOT=0 pytest -m "not e2e and not lab"
 
 .PHONY: lab-smoke
 lab-smoke: deps venv lab-image ## Boot the lab twice (idempotent up), check every machine, tear it down, check nothing is left

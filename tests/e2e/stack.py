@@ -198,16 +198,18 @@ def haproxy_servers(host: Host) -> dict[str, dict[str, str]]:
     return servers
 
 
-def haproxy_admin(host: Host, command: str) -> str:
+def haproxy_admin(host: Host, command: str, socket_path: str = "/run/haproxy/admin.sock") -> str:
     """One command on the admin socket, e.g. ``set server pgbouncer_instances/pgbouncer1 state ready``."""
-    return host.run(f"python3 - {shlex.quote(command)}", stdin=_ADMIN_COMMAND)
+    return host.run(f"python3 - {shlex.quote(command)} {shlex.quote(socket_path)}", stdin=_ADMIN_COMMAND)
 
 
 _ADMIN_COMMAND = """
 import socket, sys
 with socket.socket(socket.AF_UNIX) as sock:
-    sock.connect("/run/haproxy/admin.sock")
+    sock.connect(sys.argv[2] if len(sys.argv) > 2 else "/run/haproxy/admin.sock")
+    sock.settimeout(10)
     sock.sendall(sys.argv[1].encode() + b"\\n")
+    sock.shutdown(socket.SHUT_WR)  # the master's CLI answers and closes only once our side is done
     sys.stdout.write(sock.makefile().read())
 """
 _SHOW_STAT = _ADMIN_COMMAND.replace("sys.argv[1].encode()", 'b"show stat"')

@@ -117,9 +117,8 @@ def test_instance_unit_denies_addresses_outside_its_networks(host: Host, lab_pos
     assert set(props["IPAddressDeny"].split()) == {"0.0.0.0/0", "::/0"}, shown
     assert set(props["IPAddressAllow"].split()) == {"127.0.0.0/8", "::1/128", f"{lab_postgres.address}/32"}
     accounting = host.run(
-        "systemd-run --quiet --wait --collect --unit=autopgpool-bpf-probe -p IPAccounting=yes "
-        "-p RemainAfterExit=yes true; systemctl show -P IPIngressBytes autopgpool-bpf-probe; "
-        "systemctl stop autopgpool-bpf-probe"
+        "systemd-run --quiet --collect --unit=autopgpool-bpf-probe -p IPAccounting=yes sleep 10; sleep 0.5; "
+        "systemctl show -P IPIngressBytes autopgpool-bpf-probe; systemctl stop autopgpool-bpf-probe"
     ).strip()
     if accounting == "[no data]":
         pytest.skip(

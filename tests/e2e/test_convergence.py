@@ -49,8 +49,10 @@ def _can_login(host: Host, user: str, password: str) -> bool:
 
 
 def _threads(host: Host) -> int:
-    """Threads of the running HAProxy (haproxy.cfg's nbthread, changed by a reload alone)."""
-    info = haproxy_admin(host, "show info")
+    """Threads of the current HAProxy worker (haproxy.cfg's nbthread, changed by a reload alone), asked
+    through the master's CLI (@1: the newest worker): an old worker finishing its sessions may still answer
+    on the admin socket."""
+    info = haproxy_admin(host, "@1 show info", "/run/haproxy/master.sock")
     return int(next(line.split(":")[1] for line in info.splitlines() if line.startswith("Nbthread:")))
 
 
