@@ -101,6 +101,11 @@ def test_password_change_is_applied_by_reload(tmp_path: Path) -> None:
             assert _pids(host) == before[host.name], f"{host.name}: an instance was restarted"
             assert _can_login(host, "app_user", "rotated-app-user-pw", "app")
             assert not _can_login(host, "app_user", old, "app")
+            # The replaced file is kept for going back by hand, as protected as the live one.
+            kept = host.run("stat -c '%U %G %a' /etc/pgbouncer/previous/userlist.txt /etc/pgbouncer/previous")
+            assert kept.split() == ["root", "pgbouncer", "640", "root", "pgbouncer", "750"], kept
+            sums = host.run("sha256sum /etc/pgbouncer/userlist.txt /etc/pgbouncer/previous/userlist.txt")
+            assert len({line.split()[0] for line in sums.splitlines()}) == 2, "previous/ holds the new file"
     finally:
         restore = ansible_playbook("playbooks/site.yml")
     assert restore.returncode == 0, restore.stdout[-3000:]
