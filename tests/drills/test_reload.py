@@ -30,7 +30,8 @@ NEW_PASSWORD = "drill-rotated-both-user-pw"
 EXTRA_POOL = f"""
 [pools.{NEW_POOL}]
 pool_mode = "transaction"
-pool_size = 2
+# A budget for the whole pooler tier (docs/configuration.md): at least one connection per instance.
+pool_size = 8
 
 [pools.{NEW_POOL}.remote]
 host = "pg1"
