@@ -103,8 +103,11 @@ _PXNAME = 0
 _SVNAME = 1
 _SCUR = 4
 _STATUS = 17
-# `show stat` status of a server by its admin state: DRAIN and MAINT hide the health check's UP/DOWN.
-_ADMIN_STATUS = {"DRAIN": "drain", "MAINT": "maint"}
+# srv_admin_state bits of `show servers state` (HAProxy's SRV_ADMF_*): forced, inherited, configured, resolver
+# and health-check maintenance; forced and inherited drain. `show stat` cannot tell: a drained server that is
+# DOWN shows as DOWN.
+_MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20 | 0x40
+_DRAIN_BITS = 0x08 | 0x10
 
 
 class HAProxyError(Exception):
@@ -132,13 +135,32 @@ def servers_of(stat_csv: str, backend: str) -> dict[str, dict[str, Any]]:
     for row in csv.reader(io.StringIO(stat_csv.lstrip("# "))):
         if len(row) <= _STATUS or row[_PXNAME] != backend or row[_SVNAME] in ("FRONTEND", "BACKEND"):
             continue
-        status = row[_STATUS].split(" ")[0]
         found[row[_SVNAME]] = {
-            "status": status,
-            "admin_state": _ADMIN_STATUS.get(status, "ready"),
+            "status": row[_STATUS].split(" ")[0],
+            "admin_state": "ready",
             "sessions": int(row[_SCUR] or 0),
         }
     return found
+
+
+def admin_states(servers_state: str) -> dict[str, str]:
+    """Server name -> ready, drain or maint, from `show servers state <backend>`."""
+    states = {}
+    for line in servers_state.splitlines():
+        fields = line.split()
+        if len(fields) > 6 and not line.startswith("#") and fields[6].isdigit():
+            bits = int(fields[6])
+            states[fields[3]] = "maint" if bits & _MAINT_BITS else "drain" if bits & _DRAIN_BITS else "ready"
+    return states
+
+
+def read(path: str, backend: str) -> dict[str, dict[str, Any]]:
+    """Status, admin state and sessions of every server of ``backend``."""
+    servers = servers_of(send(path, "show stat"), backend)
+    for name, state in admin_states(send(path, f"show servers state {backend}")).items():
+        if name in servers:
+            servers[name]["admin_state"] = state
+    return servers
 
 
 def _done(servers: dict[str, dict[str, Any]], names: Iterable[str], wait: str) -> bool:
@@ -158,7 +180,7 @@ def run(
 ) -> dict[str, Any]:
     """The module's work, without Ansible: returns changed, servers, timed_out (raises HAProxyError)."""
     path, backend = params["socket"], params["backend"]
-    servers = servers_of(send(path, "show stat"), backend)
+    servers = read(path, backend)
     if not servers:
         raise HAProxyError(f"HAProxy has no backend {backend!r} with servers (socket {path})")
     names = list(params.get("servers") or servers)
@@ -180,10 +202,10 @@ def run(
             raise HAProxyError(f"HAProxy refused `{command}`: {answer}")
     wait = params.get("wait") or "none"
     deadline = clock() + float(params.get("timeout", 30))
-    servers = servers_of(send(path, "show stat"), backend)
+    servers = read(path, backend)
     while not _done(servers, names, wait) and clock() < deadline:
         sleep(0.2)
-        servers = servers_of(send(path, "show stat"), backend)
+        servers = read(path, backend)
     return {"changed": bool(commands), "servers": servers, "timed_out": not _done(servers, names, wait)}
 
 

@@ -186,3 +186,18 @@ def test_through_ansible_playbook(lab: Lab, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert lab.status()["s2"] == "MAINT"
     assert json.dumps("MAINT") in result.stdout
+
+
+def test_a_drained_server_that_is_down_is_still_put_back(lab: Lab) -> None:
+    """Drained, then down (a restart in progress): `show stat` says DOWN, not DRAIN. Ready must still be sent,
+    or the server comes back UP but drained and never takes a session again."""
+    lab.run(servers=["s2"], state="drain")
+    lab.listeners["s2"].close()
+    deadline = time.monotonic() + 5
+    while lab.status()["s2"] != "DOWN":
+        assert time.monotonic() < deadline, lab.status()
+        time.sleep(0.05)
+    assert lab.run(servers=["s2"])["servers"]["s2"]["admin_state"] == "drain"  # type: ignore[index]
+    result = lab.run(servers=["s2"], state="ready")
+    assert result["changed"] is True
+    assert result["servers"]["s2"]["admin_state"] == "ready"  # type: ignore[index]
