@@ -70,7 +70,7 @@ def test_a_run_killed_before_applying_is_completed_by_the_next(tmp_path: Path) -
         json.dumps(
             {
                 "pgbouncer_secrets": dict(demo_secrets(), APP_USER_PASSWORD=rotated),
-                "haproxy_server_maxconn": 77,
+                "haproxy_nbthread": 2,
             }
         )
     )
