@@ -67,6 +67,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="target 'variant': HAProxy reaches the instances over their unix sockets (the old transport)",
     )
+    pg.add_argument(
+        "--hold-ms",
+        type=int,
+        metavar="MS",
+        help="instead of -S, every transaction holds its server connection MS ms (SELECT pg_sleep): queueing",
+    )
+    pg.add_argument(
+        "--bare-pool-size",
+        type=int,
+        default=20,
+        help="default_pool_size of the bare pgbouncer (default %(default)s, pgbouncer's stock value)",
+    )
     gen = sub.add_parser("generate", help="autopgpool generate on a large config (no lab needed)")
     gen.add_argument("--users", type=int, default=10_000)
     gen.add_argument("--pools", type=int, default=1_000)
@@ -84,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets,
             args.clients,
             args.reps,
-            layouts.RunShape(args.seconds, args.threads, args.sslmode),
+            layouts.RunShape(args.seconds, args.threads, args.sslmode, args.hold_ms),
             args.scale,
             args.json,
             args.haproxy_global,
@@ -92,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.auth,
             args.client_tls,
             args.variant_unix,
+            args.bare_pool_size,
         )
     elif args.part == "generate":
         out = toolkit.generate(args.users, args.pools, args.reps)

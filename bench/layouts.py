@@ -8,6 +8,7 @@ to pg1, so every path crosses the bridge exactly once per server round trip.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import tempfile
@@ -22,7 +23,10 @@ from .stats import Cell, cpu_table, cpu_us_per_transaction, latencies_us, parse_
 
 POOLER = "pool1"
 PG = "pg1"
-PG_ADDR = "10.231.0.10"
+# The lab slot's network (lab/README.md, "Several labs at once"): pg1 is .10 of 10.231.<slot>.0/24.
+SLOT = int(os.environ.get("AUTOPGPOOL_LAB_SLOT", "0") or 0)
+LAB_NETWORK = f"10.231.{SLOT}.0/24"
+PG_ADDR = f"10.231.{SLOT}.10"
 DB = "bench"
 OWNER = "bench_owner"
 USER = "bench_user"
@@ -47,10 +51,10 @@ password = "$BENCH_PASSWORD"
 grants = ["bench"]
 auth_type = "{auth}"
 
-# The bare pgbouncer's default_pool_size: 20 server connections for the whole stack too (the connection
-# budget divides them among the instances), so both sides have the same number of server connections.
+# A budget for the whole tier (the lab's scope): 40 / 4 instances = 10 per instance, so pool1 - where
+# pgbench runs - has 2 x 10 = 20 server connections, the bare pgbouncer's stock default_pool_size.
 [pools.bench]
-pool_size = 20
+pool_size = 40
 
 [pools.bench.remote]
 host = "pg1"
@@ -73,6 +77,7 @@ unix_socket_dir =
 auth_type = {{auth}}
 auth_file = {BARE_DIR}/userlist.txt
 pool_mode = transaction
+default_pool_size = {{pool_size}}
 """
 
 
@@ -167,7 +172,7 @@ def _hba(auth: str) -> None:
     The lab's pg_hba.conf says scram-sha-256, which refuses a role whose stored password is MD5."""
     sed = [f"/{HBA_MARK}/d"]
     if auth == "md5":
-        sed.append(f"1i host {DB} {OWNER} 10.231.0.0/24 md5 {HBA_MARK}")
+        sed.append(f"1i host {DB} {OWNER} {LAB_NETWORK} md5 {HBA_MARK}")
     lab.shell(
         PG,
         "f=$(ls /etc/postgresql/*/main/pg_hba.conf); "
@@ -197,7 +202,7 @@ def _teardown_postgres() -> None:
     lab.ssh(PG, ["sudo", "-u", "postgres", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"], stdin=sql)
 
 
-def _setup_pooler(userlist: str, scale: int, auth: str) -> None:
+def _setup_pooler(userlist: str, scale: int, auth: str, bare_pool_size: int) -> None:
     lines = "".join(f"{t.host}:{t.port}:{DB}:{t.user}:{PASSWORD}\n" for t in TARGETS.values())
     lab.ssh(POOLER, ["install", "-m", "0600", "/dev/stdin", PGPASS], stdin=lines)
     lab.shell(
@@ -206,7 +211,7 @@ def _setup_pooler(userlist: str, scale: int, auth: str) -> None:
         f" || {{ PGPASSFILE={PGPASS} pgbench -i -q -s {scale} -h {PG_ADDR} -U {OWNER} {DB}; exit 1; }}",
     )
     lab.ssh(POOLER, ["sudo", "install", "-d", "-m", "0750", "-o", "root", "-g", "pgbouncer", BARE_DIR])
-    bare_ini = BARE_INI.format(auth=auth)
+    bare_ini = BARE_INI.format(auth=auth, pool_size=bare_pool_size)
     lab.put(POOLER, f"{BARE_DIR}/pgbouncer.ini", bare_ini, owner="pgbouncer", mode="0640")
     lab.put(POOLER, f"{BARE_DIR}/userlist.txt", userlist, owner="pgbouncer", mode="0640")
     lab.ssh(
@@ -244,6 +249,15 @@ class RunShape:
     threads: int | None = None
     #: PGSSLMODE for every run; None: libpq's default (prefer: TLS wherever the server offers it).
     sslmode: str | None = None
+    #: None: pgbench -S. Else every transaction is one SELECT pg_sleep() that holds its server connection
+    #: this many ms: more clients than server connections then queue in the pooler (the budget's queueing).
+    hold_ms: int | None = None
+
+
+def hold_script(hold_ms: int) -> str:
+    """The pgbench script of a --hold-ms run: one statement, so in transaction mode a server connection is
+    held for hold_ms and then returned to the pool."""
+    return f"SELECT pg_sleep({hold_ms / 1000:.3f});\n"
 
 
 def threads_for(clients: int, connect: bool, threads: int | None) -> int:
@@ -277,13 +291,17 @@ def run_pgbench(
 ) -> tuple[str, list[int], dict[str, float]]:
     """One bounded pgbench -S run on the pooler host; returns its report, per-transaction latencies and the
     CPU seconds of pgbench, pgbouncer, HAProxy and journald on that host during the run."""
-    argv = ["pgbench", "-n", "-S", "-T", str(shape.seconds), "-c", str(clients)]
+    workload = ["-S"] if shape.hold_ms is None else ["-f", "$d/hold.sql"]
+    argv = ["pgbench", "-n", *workload, "-T", str(shape.seconds), "-c", str(clients)]
     argv += ["-j", str(threads_for(clients, connect, shape.threads))]
     argv += ["-C"] if connect else []
     argv += ["-l", "--log-prefix", "$d/tx", "-h", target.host, "-p", str(target.port), "-U", target.user, DB]
     cmd = " ".join(a if a.startswith("$d") else shlex.quote(a) for a in argv)
+    hold = ""
+    if shape.hold_ms is not None:
+        hold = f'printf {shlex.quote(hold_script(shape.hold_ms))} >"$d/hold.sql"; '
     script = (
-        f'd=$(mktemp -d); trap \'rm -rf "$d"\' EXIT; cd "$d"; '
+        f'd=$(mktemp -d); trap \'rm -rf "$d"\' EXIT; cd "$d"; {hold}'
         f"export PGPASSFILE={PGPASS}{f' PGSSLMODE={shlex.quote(shape.sslmode)}' if shape.sslmode else ''}; "
         'TIMEFORMAT="%U %S"; '
         f'{_CPU_SNAPSHOT} >"$d/cpu0"; '
@@ -307,7 +325,7 @@ def matrix(
     """Alternate: for each repetition, for each (mode, clients), every target in turn (A,B,C,A,B,C,...)."""
     cells: dict[tuple[str, str, int], Cell] = {}
     for target in targets:  # warm-up: fill pools, caches and pgbench's page cache, not recorded
-        run_pgbench(TARGETS[target], 8, False, RunShape(2, shape.threads, shape.sslmode))
+        run_pgbench(TARGETS[target], 8, False, RunShape(2, shape.threads, shape.sslmode, shape.hold_ms))
     for rep in range(reps):
         for mode in modes:
             for n in clients:
@@ -334,6 +352,7 @@ def main(  # noqa: PLR0917
     auth: str = "scram-sha-256",
     client_tls: str | None = None,
     variant_unix: bool = False,
+    bare_pool_size: int = 20,
 ) -> str:
     modes = ["persistent", "-C"]
     lab.labctl("up")  # idempotent; after `make test` the lab may be down or fresh
@@ -349,7 +368,7 @@ def main(  # noqa: PLR0917
             lab.playbook("playbooks/site.yml", extra_vars_file=extra)
             lab.log(f"pool1: pgbench -i -s {scale}, bare pgbouncer on 127.0.0.1:{BARE_PORT}")
             _teardown_pooler()  # leftovers of an interrupted run
-            _setup_pooler(userlist, scale, auth)
+            _setup_pooler(userlist, scale, auth, bare_pool_size)
             if "variant" in targets:
                 lab.log(f"pool1: HAProxy variant on :{VARIANT_PORT}: {[*haproxy_global, *haproxy_defaults]}")
                 _start_variant(haproxy_global, haproxy_defaults, unix=variant_unix)
