@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -51,18 +52,29 @@ def answers(address: str, port: int, timeout: float = 0.3) -> bool:
 
 @dataclass
 class Probe:
-    """Samples the front door at address:port every `every` seconds: (time.time(), answered)."""
+    """Samples the front door at address:port every `every` seconds, (time.time(), answered), from `start()`
+    until `stop()` or at most `limit` seconds."""
 
     address: str
     port: int
     every: float = 0.05
+    limit: float = 120
 
     def __post_init__(self) -> None:
         self.samples: list[tuple[float, bool]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="vip-probe")
 
-    def sample_for(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        end = time.monotonic() + self.limit
+        while not self._stop.is_set() and time.monotonic() < end:
             self.samples.append((time.time(), answers(self.address, self.port)))
             time.sleep(self.every)
 
