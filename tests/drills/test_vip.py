@@ -129,4 +129,3 @@ def test_holder_powered_off_then_back_moves_the_vip_once(poolers: list[Host]) ->
         print(again.failure_lines())
     assert _holder(poolers).name == other.name, "the VIP moved back to the machine that came back"
     assert not again.failures, f"{len(again.failures)} failed:\n{again.failure_lines()}"
-
