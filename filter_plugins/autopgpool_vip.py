@@ -1,6 +1,6 @@
 """Ansible filters over autopgpool.vip (roles/keepalived): import, map ConfigError to AnsibleFilterError.
 
-``hostvars | autopgpool_vrrp_plan(hosts)``: every pooler group's virtual IP checked across the inventory, and
+``hostvars | autopgpool_vrrp_plan(groups)``: every pooler group's virtual IP checked across the inventory, and
 each host's VRRP instance as a mapping. ``ansible_facts | autopgpool_vrrp_interface(address)``: the interface
 that holds an address. ``bind | autopgpool_vrrp_bind_problems``: whether HAProxy accepts clients on the VIP.
 """
@@ -37,10 +37,11 @@ def _pick(host: str, vars_: Mapping[str, Any]) -> dict[str, Any]:
     return picked
 
 
-def _plan(hostvars: Mapping[str, Any], hosts: Sequence[str]) -> dict[str, dict[str, Any]]:
+def _plan(hostvars: Mapping[str, Any], groups: Mapping[str, Sequence[str]]) -> dict[str, dict[str, Any]]:
+    hosts = groups.get("all", [])
     picked = {str(host): _pick(str(host), hostvars[host]) for host in hosts if host in hostvars}
     try:
-        plans = plan_vips(picked)
+        plans = plan_vips(picked, {str(name): [str(h) for h in members] for name, members in groups.items()})
     except ConfigError as exc:
         raise AnsibleFilterError(str(exc)) from None
     return {

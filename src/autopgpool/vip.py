@@ -91,16 +91,20 @@ def _admits_check(allowlist: Sequence[object]) -> bool:
     return False
 
 
-def plan_vips(hosts: Mapping[str, Mapping[str, Any]]) -> dict[str, VrrpInstance]:
+def plan_vips(
+    hosts: Mapping[str, Mapping[str, Any]], groups: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, VrrpInstance]:
     """Check every pooler group's virtual IP and return each host's VRRP instance.
 
     ``hosts`` maps inventory host names to their variables: ``keepalived_group`` (the pooler group the host
     shares an address with), ``keepalived_virtual_ipaddress``, ``keepalived_virtual_router_id``,
     ``keepalived_unicast_src_ip`` and ``haproxy_client_allowlist``. Hosts without a
-    ``keepalived_virtual_ipaddress`` take no part. Raises ConfigError naming every bad variable.
+    ``keepalived_virtual_ipaddress`` take no part, nor (when the inventory's ``groups`` are given) hosts
+    outside the group they name: a variable set for every host (``-e``) does not enlist the database servers.
+    Raises ConfigError naming every bad variable.
     """
     problems = Problems()
-    groups: dict[str, list[str]] = {}
+    members: dict[str, list[str]] = {}
     for host in sorted(hosts):
         vars_ = hosts[host]
         if vars_.get("keepalived_virtual_ipaddress") in (None, ""):
@@ -109,13 +113,15 @@ def plan_vips(hosts: Mapping[str, Mapping[str, Any]]) -> dict[str, VrrpInstance]
         if not group:
             problems.add(f"keepalived_group ({host})", "expected the name of the host's pooler group")
             continue
-        groups.setdefault(group, []).append(host)
+        if groups is not None and host not in groups.get(group, ()):
+            continue
+        members.setdefault(group, []).append(host)
 
     plans: dict[str, VrrpInstance] = {}
     seen_ids: dict[int, str] = {}
     seen_vips: dict[ipaddress.IPv4Address, str] = {}
-    for group, members in sorted(groups.items()):
-        plan = _plan_group(group, members, hosts, problems)
+    for group, hosts_of_group in sorted(members.items()):
+        plan = _plan_group(group, hosts_of_group, hosts, problems)
         if plan is None:
             continue
         vip, router_id, sources = plan
@@ -133,13 +139,13 @@ def plan_vips(hosts: Mapping[str, Mapping[str, Any]]) -> dict[str, VrrpInstance]
                 f"group {seen_vips[vip.ip]} declares the same virtual IP: two groups would hold one address",
             )
         seen_vips.setdefault(vip.ip, group)
-        for host in members:
+        for host in hosts_of_group:
             plans[host] = VrrpInstance(
                 name=group,
                 virtual_ipaddress=str(vip),
                 virtual_router_id=router_id,
                 unicast_src_ip=str(sources[host]),
-                unicast_peers=tuple(str(sources[h]) for h in members if h != host),
+                unicast_peers=tuple(str(sources[h]) for h in hosts_of_group if h != host),
             )
     problems.raise_if_any()
     return plans

@@ -5,12 +5,13 @@ the VIP with the certificate verified, and libpq's multi-host form, for where no
 
 from __future__ import annotations
 
+import json
 import re
 
 import psycopg
 import pytest
 
-from .stack import Host, example_config
+from .stack import Host, ansible_playbook, example_config
 from .vip_lab import answers, holders, pooler_vip, vrrp_state
 
 pytestmark = pytest.mark.e2e
@@ -115,3 +116,33 @@ def test_libpq_multi_host_balances_over_the_poolers(lab_poolers: list[Host]) -> 
 
 def test_the_vip_answers_like_a_pooler(lab_poolers: list[Host]) -> None:
     assert answers(pooler_vip(), example_config().listen_port, timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        # The VIP outside the poolers' network (10.231.<slot>.0/24).
+        (
+            {"keepalived_virtual_ipaddress": "10.99.0.100/24"},
+            "keepalived_virtual_ipaddress (pgbouncer): not in",
+        ),
+        (
+            {"keepalived_virtual_router_id": 300},
+            "keepalived_virtual_router_id (pgbouncer): expected an integer",
+        ),
+        (
+            {"haproxy_client_allowlist": ["10.231.0.0/16"]},
+            "haproxy_client_allowlist (pool1): must admit 127.0.0.1",
+        ),
+    ],
+)
+def test_bad_vip_input_is_refused_before_any_host_changes(
+    lab_poolers: list[Host], extra: dict[str, object], message: str
+) -> None:
+    confs = {h.name: h.run("md5sum /etc/keepalived/keepalived.conf") for h in lab_poolers}
+    result = ansible_playbook("playbooks/site.yml", "-e", json.dumps(extra), timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert message in output, output[-3000:]
+    assert "PLAY [Roll out the poolers in batches]" not in output
+    assert {h.name: h.run("md5sum /etc/keepalived/keepalived.conf") for h in lab_poolers} == confs

@@ -147,6 +147,14 @@ def test_hosts_without_a_vip_take_no_part() -> None:
     assert plan_vips({"a": {"keepalived_virtual_ipaddress": ""}, "b": {}}) == {}
 
 
+def test_hosts_outside_their_group_take_no_part() -> None:
+    # e.g. `-e keepalived_virtual_ipaddress=...` gives the database server the variable too.
+    hosts = {"a": _host("10.9.0.11"), "b": _host("10.9.0.12"), "pg1": _host("10.9.0.10")}
+    plans = plan_vips(hosts, {"pgbouncer": ["a", "b"], "postgres": ["pg1"]})
+    assert set(plans) == {"a", "b"}
+    assert plans["a"].unicast_peers == ("10.9.0.12",)
+
+
 def test_haproxy_must_listen_on_all_addresses() -> None:
     assert bind_problems("0.0.0.0") == []
     assert bind_problems("*") == []
