@@ -96,5 +96,7 @@ demo: deps venv lab-image lab-up ## Boot the lab and deploy examples/autopgpool.
 	@echo "(password: examples/demo.env; TLS is required, pgbouncer verifies pg1 the same way):"
 	@echo "  PGPASSWORD=demo-app-user-pw psql \"host=10.231.0.11 port=6432 user=app_user dbname=app sslmode=verify-full sslrootcert=$(CURDIR)/.lab/tls/ca.crt\""
 	@echo "  PGPASSWORD=demo-app-user-pw psql \"host=pool2 hostaddr=10.231.0.12 port=6432 user=app_user dbname=app sslmode=verify-full sslrootcert=$(CURDIR)/.lab/tls/ca.crt\""
+	@echo "Or through the poolers' virtual IP, held by one pooler at a time (roles/keepalived moves it when that one fails):"
+	@echo "  PGPASSWORD=demo-app-user-pw psql \"host=10.231.$(AUTOPGPOOL_LAB_SLOT).100 port=6432 user=app_user dbname=app sslmode=verify-full sslrootcert=$(CURDIR)/.lab/tls/ca.crt\""
 	@echo "Prometheus (pool metrics, alerts): http://10.231.0.10:9090   |   Fleet view: ansible-playbook $(LAB_INVENTORY) playbooks/fleet.yml"
 	@echo "Machines: ssh -F .lab/ssh_config pool1   |   Tear down: make lab-down"

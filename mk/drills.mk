@@ -3,12 +3,12 @@
 # the lab lock around whole runs. About 10 minutes for all of them (the first upgrade drill builds 1.24.1).
 #   make drills                       every drill (deploys the example config first: DRILLS_DEPLOY=0 skips that)
 #   make drill-rolling-restart        one drill: drill-upgrade, drill-reload, drill-crash, drill-postgres-restart,
-#                                     drill-bad-toml, drill-tls-rotation
+#                                     drill-bad-toml, drill-tls-rotation, drill-vip
 DRILLS_PYTEST ?= pytest -m drill -s -p no:cacheprovider tests/drills
 DRILLS_DEPLOY ?= 1
 DRILLS_INVENTORY ?= -i .lab/inventory.yml -i inventories/lab
 # drill name -> pytest -k expression (the test file)
-DRILLS := rolling-restart upgrade reload crash postgres-restart bad-toml tls-rotation
+DRILLS := rolling-restart upgrade reload crash postgres-restart bad-toml tls-rotation vip
 
 .PHONY: drills drills-lab $(addprefix drill-,$(DRILLS))
 

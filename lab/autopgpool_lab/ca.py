@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .config import Machine
+from .config import POOLER_VIP, Machine
 
 CA_DAYS = 3650
 LEAF_DAYS = 365
@@ -133,8 +133,10 @@ def _usable(path: Path, names: Sequence[str]) -> bool:
 
 
 def names_of(machine: Machine) -> list[str]:
-    """What clients and pgbouncer connect to: the machine's name (in every /etc/hosts) and its address."""
-    return [machine.name, str(machine.address)]
+    """What clients and pgbouncer connect to: the machine's name (in every /etc/hosts) and its address, and
+    for a pooler the virtual IP its group shares (clients verifying with verify-full connect to it)."""
+    shared = [str(POOLER_VIP)] if machine.group == "pgbouncer" else []
+    return [machine.name, str(machine.address), *shared]
 
 
 def ensure(tls_dir: Path, machines: Sequence[Machine]) -> list[str]:

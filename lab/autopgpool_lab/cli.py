@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from . import config
 from .image import build_image
-from .machines import Paths, down, status, up
+from .machines import Paths, boot, down, poweroff, status, up
 from .system import LabError
 
 
@@ -26,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--suite", default=config.DEFAULT_SUITE, choices=config.SUPPORTED_SUITES)
     sub.add_parser("down", help="stop every lab machine and remove overlays, bridge and veths")
     sub.add_parser("status", help="show each machine and its `systemctl is-system-running`")
+    cut = sub.add_parser("poweroff", help="cut a machine's power (SIGKILL, no shutdown); its disk is kept")
+    cut.add_argument("host")
+    start_again = sub.add_parser("boot", help="boot a machine that poweroff stopped, on its kept disk")
+    start_again.add_argument("host")
     ssh = sub.add_parser("ssh", help="ssh to a lab machine as ops")
     ssh.add_argument("host")
     ssh.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -44,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             down(paths)
         elif args.command == "status":
             return status(paths)
+        elif args.command == "poweroff":
+            poweroff(args.host, paths)
+        elif args.command == "boot":
+            boot(args.host, paths)
         elif args.command == "ssh":
             if not paths.ssh_config.is_file():
                 raise LabError("the lab is not up (no .lab/ssh_config); run `labctl up`")

@@ -34,6 +34,8 @@ BRIDGE = f"apglab{SLOT}"
 NETWORK = ipaddress.IPv4Network(f"10.231.{SLOT}.0/24")
 HOST_ADDRESS = ipaddress.IPv4Address(f"10.231.{SLOT}.1")
 FIRST_MACHINE_OCTET = 10
+# The pooler hosts' shared client address (roles/keepalived): outside the machines' .10-.30 range.
+POOLER_VIP = ipaddress.IPv4Address(f"10.231.{SLOT}.100")
 MACHINE_PREFIX = "apg-" if SLOT == 0 else f"apg{SLOT}-"
 
 
@@ -86,6 +88,8 @@ IMAGE_PACKAGES: tuple[str, ...] = (
     "python3-prometheus-client",
     "python3-psycopg",
     "prometheus",
+    # The poolers' virtual IP (roles/keepalived installs it; the lab has no network to fetch it from).
+    "keepalived",
 )
 
 

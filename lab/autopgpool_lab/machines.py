@@ -541,3 +541,62 @@ def status(paths: Paths) -> int:
         all_ok = all_ok and state == "running"
         print(f"  {machine.name:<7} {machine.address!s:<12} {'running' if up_now else 'stopped':<8} {state}")
     return 0 if all_ok else 3
+
+
+# ---------------------------------------------------------------- power (drills)
+
+
+def _planned_machine(name: str, paths: Paths) -> Machine:
+    machines, _ = planned(paths)
+    for machine in machines:
+        if machine.name == name:
+            return machine
+    raise LabError(f"no lab machine named {name!r} (machines: {', '.join(m.name for m in machines)})")
+
+
+def poweroff(name: str, paths: Paths) -> None:
+    """Cut a machine's power: SIGKILL its container at once (no shutdown, as a power loss), keep its disk.
+
+    Unlike `down`, the machine's root (overlay) stays, so `boot` starts it again with everything that was
+    deployed on it, as a server that comes back after a power cut.
+    """
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (mounts, bridge, systemd-nspawn)")
+    machine = _planned_machine(name, paths)
+    pids = nspawn_pids(machine.unit_name)
+    # When the power went (drills time the failover from it; the clock is the machines' too).
+    print(f"{name}: power cut at {time.time():.3f}", flush=True)
+    for pid in pids:
+        for child in children(pid):  # the container's PID 1 first: the whole container dies with it
+            _signal(child, signal.SIGKILL)
+        _signal(pid, signal.SIGKILL)
+    _wait_gone(pids, 10)
+    leftovers = container_processes(name)
+    for pid in leftovers:
+        _signal(pid, signal.SIGKILL)
+    if leftovers and not _wait_gone(leftovers, 10):
+        raise LabError(f"{name}: container processes survived SIGKILL: {leftovers}")
+    _clean_nspawn_leftovers(machine.unit_name)
+    for cgroup in machine_cgroups(name):
+        remove_cgroup_tree(cgroup)
+    paths.pidfile(name).unlink(missing_ok=True)
+    _wait_reaped(pids, 5)
+    print(f"{name}: powered off (disk kept; `labctl boot {name}` starts it again)")
+
+
+def boot(name: str, paths: Paths) -> None:
+    """Start a machine that `poweroff` stopped, on its kept disk, and wait until it is running."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (mounts, bridge, systemd-nspawn)")
+    machine = _planned_machine(name, paths)
+    if is_running(machine):
+        print(f"{name}: already running")
+        return
+    if not (machine_root(name) / "etc" / "hostname").is_file():
+        raise LabError(f"{name}: no disk to boot from; run `labctl up`")
+    started = time.monotonic()
+    start_machine(machine, paths)
+    error = wait_ready(machine, paths, BOOT_TIMEOUT)
+    if error:
+        raise LabError(error)
+    print(f"{name}: booted in {time.monotonic() - started:.1f}s")

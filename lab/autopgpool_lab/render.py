@@ -30,6 +30,7 @@ def inventory_yaml(machines: Sequence[Machine], key_file: Path, known_hosts: Pat
         "  vars:",
         f"    lab_network: {_q(str(config.NETWORK))}",
         f"    lab_controller_address: {_q(str(config.HOST_ADDRESS))}",
+        f"    lab_pooler_vip: {_q(str(config.POOLER_VIP))}",
         "  children:",
         "    lab:",
         "      children:",

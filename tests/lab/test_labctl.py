@@ -90,6 +90,7 @@ def test_image_holds_every_package_the_roles_need() -> None:
         "python3-psycopg2",
         "socat",
         "netcat-openbsd",
+        "keepalived",
     }
     assert needed <= set(config.IMAGE_PACKAGES)
     assert set(config.BOOTSTRAP_PACKAGES) <= set(config.IMAGE_PACKAGES)
@@ -124,6 +125,10 @@ def test_inventory_groups_and_connection_variables() -> None:
     assert text.count(f'"-o UserKnownHostsFile={KNOWN} -o StrictHostKeyChecking=yes"') == 3
     assert 'ansible_host: "10.231.0.12"' in text
     assert "ansible_become" not in text
+    # The poolers' virtual IP (roles/keepalived): outside the machines' addresses, inside the lab network.
+    assert '    lab_pooler_vip: "10.231.0.100"\n' in text
+    assert config.POOLER_VIP in config.NETWORK
+    assert config.POOLER_VIP not in {m.address for m in plan_machines(config.MAX_POOLERS)}
 
 
 def test_inventory_parses_as_yaml_with_groups() -> None:
