@@ -15,8 +15,6 @@ from .pgbouncer_settings import needs_restart
 from .render import CLIENT_TLS_REQUIRED, DEFAULT_CONFIG_DIR, render_hba, render_ini, render_userlist
 from .tls import plan_settings, raise_problems
 
-FILES = ("pgbouncer.ini", "userlist.txt", "pgbouncer_hba.conf")
-
 
 def _salt_bytes(salt_key: str | bytes | None) -> bytes | None:
     if salt_key is None or salt_key in ("", b""):
