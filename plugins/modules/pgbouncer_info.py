@@ -110,6 +110,11 @@ active:
   returned: always
   type: list
   elements: int
+configured:
+  description: Instances with an instance file (instance-N.ini), by number.
+  returned: always
+  type: list
+  elements: int
 present:
   description: Instances with an instance file or an enablement link, by number.
   returned: always
@@ -190,6 +195,13 @@ def _systemctl(args: Sequence[str]) -> str:
 def active_units(listing: str) -> list[int]:
     """Instance numbers in `systemctl list-units --plain --no-legend` output."""
     found = (_UNIT.match(line.strip()) for line in listing.splitlines())
+    return sorted({int(m.group(1)) for m in found if m})
+
+
+def configured_instances(config_dir: str) -> list[int]:
+    """Numbers of the instance files instance-N.ini."""
+    names = (os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(config_dir), "instance-*.ini")))
+    found = (re.fullmatch(r"instance-([0-9]+)\.ini", name) for name in names)
     return sorted({int(m.group(1)) for m in found if m})
 
 
@@ -400,6 +412,7 @@ def run(params: Mapping[str, Any], *, systemctl: Run = _systemctl, proc: str = "
     result: dict[str, Any] = {
         "changed": False,
         "active": active_units(listing),
+        "configured": configured_instances(config_dir),
         "present": present_instances(
             config_dir, params.get("wants_dir") or "/etc/systemd/system/multi-user.target.wants"
         ),

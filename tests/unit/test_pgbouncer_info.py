@@ -234,7 +234,9 @@ def test_present_instances_from_files_and_links(tmp_path: Path) -> None:
         (config / name).write_text("")
     (wants / "pgbouncer@3.service").symlink_to("/nonexistent")  # a link to a unit that is gone still counts
     (wants / "ssh.service").write_text("")
+    (config / "instance-x.ini").write_text("")
     assert info.present_instances(str(config), str(wants)) == [1, 3, 12]
+    assert info.configured_instances(str(config)) == [1, 12]
 
 
 def test_recorded_settings(tmp_path: Path) -> None:
@@ -349,4 +351,4 @@ def test_run_reads_and_decides(tmp_path: Path, child: tuple[subprocess.Popen[str
     first = info.run(
         {"config_dir": str(config), "restart_settings_path": str(settings)}, systemctl=_systemctl(answers)
     )
-    assert set(first) == {"changed", "active", "present", "restart_settings"}
+    assert set(first) == {"changed", "active", "configured", "present", "restart_settings"}
