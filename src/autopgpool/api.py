@@ -111,8 +111,10 @@ def render_files(
     config = budget_plan(toml_text, secrets, instances=instances, scope=scope, servers=servers).config
     net = _network(network)
     tls_settings, _ = _tls(config, tls, config_dir)
+    ini = render_ini(config, config_dir=config_dir, extra_settings=tls_settings)
+    _check_sections(ini)
     return {
-        "pgbouncer.ini": render_ini(config, config_dir=config_dir, extra_settings=tls_settings),
+        "pgbouncer.ini": ini,
         "userlist.txt": render_userlist(
             config, salt_key=_salt_bytes(salt_key), previous_userlist=previous_userlist
         ),
@@ -120,6 +122,24 @@ def render_files(
             config, network=net, client_tls_required=tls_settings["client_tls_sslmode"] in CLIENT_TLS_REQUIRED
         ),
     }
+
+
+def _check_sections(ini: str) -> None:
+    """pgbouncer resets every [pgbouncer] setting at each [pgbouncer] header, so instance-N.ini cannot open
+    its own section after its %include: it continues the shared file's last section, which must be the one
+    [pgbouncer]. A file that breaks this is the renderer's bug; it never reaches a host."""
+    sections = re.findall(r"(?m)^\s*\[([^\]]+)\]", ini)
+    if sections.count("pgbouncer") != 1 or sections[-1] != "pgbouncer":
+        raise ConfigError(
+            [
+                Problem(
+                    "pgbouncer.ini",
+                    f"the rendered file has the sections {sections}; the instance files need exactly one "
+                    "[pgbouncer] section, last. This is a bug in the autopgpool renderer: please report it "
+                    "with your autopgpool.toml",
+                )
+            ]
+        )
 
 
 def file_descriptor_limit(config: Config) -> int:
