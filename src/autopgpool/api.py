@@ -8,8 +8,9 @@ from typing import Any
 
 from . import defaults
 from .budget import DEFAULT_SCOPE, Plan, make_fleet, make_limits, plan, server_key
-from .config import Config, parse_config
+from .config import parse_config
 from .errors import ConfigError, Problem
+from .model import Config
 from .network import INSTANCE_ADDRESS, InstanceNetwork, plan_network
 from .pgbouncer_settings import needs_restart
 from .render import CLIENT_TLS_REQUIRED, DEFAULT_CONFIG_DIR, render_hba, render_ini, render_userlist

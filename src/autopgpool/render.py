@@ -32,8 +32,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from .config import Config
 from .hashing import choose_scram_verifiers, md5_verifier
+from .model import Config
 from .network import InstanceNetwork, plan_network
 
 DEFAULT_CONFIG_DIR = "/etc/pgbouncer"
