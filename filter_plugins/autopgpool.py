@@ -13,7 +13,15 @@ from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
-from autopgpool import ConfigError, backends, merge_sources, render_files, summarize, validate
+from autopgpool import (
+    ConfigError,
+    backends,
+    deployment_plan,
+    merge_sources,
+    render_files,
+    summarize,
+    validate,
+)
 from autopgpool.api import limit_probes, server_limits
 from autopgpool.monitoring import exporter_config, file_sd, fleet_table
 from autopgpool.tls import check_ca, check_client_tls
@@ -75,6 +83,8 @@ def _ca_problems(pem: str | None, variable: str) -> list[str]:
 class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
         return {
+            # The run's plan: summary, files and each host's instances and endpoints, from one parse.
+            "autopgpool_plan": _wrap(deployment_plan),
             "autopgpool_render": _wrap(render_files),
             "autopgpool_summary": _wrap(summarize),
             "autopgpool_backends": _wrap(backends),

@@ -1,6 +1,6 @@
 """autopgpool: one autopgpool.toml -> pgbouncer.ini, userlist.txt and pgbouncer_hba.conf."""
 
-from .api import backends, budget_plan, render_files, summarize, validate
+from .api import backends, budget_plan, deployment_plan, render_files, summarize, validate
 from .errors import ConfigError, Problem
 from .secrets import merge_sources
 
@@ -9,6 +9,7 @@ __all__ = [
     "Problem",
     "backends",
     "budget_plan",
+    "deployment_plan",
     "merge_sources",
     "render_files",
     "summarize",

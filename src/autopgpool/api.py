@@ -8,14 +8,16 @@ from typing import Any
 
 from . import defaults
 from .budget import DEFAULT_SCOPE, Plan, make_fleet, make_limits, plan, server_key
-from .config import Config, parse_config
+from .config import parse_config
 from .errors import ConfigError, Problem
+from .model import Config
 from .network import INSTANCE_ADDRESS, InstanceNetwork, plan_network
 from .pgbouncer_settings import needs_restart
 from .render import CLIENT_TLS_REQUIRED, DEFAULT_CONFIG_DIR, render_hba, render_ini, render_userlist
 from .tls import plan_settings, raise_problems
 
-FILES = ("pgbouncer.ini", "userlist.txt", "pgbouncer_hba.conf")
+#: systemd's RuntimeDirectory of the instances (each instance's unix socket and its loaded marker).
+DEFAULT_RUNTIME_ROOT = "/run/pgbouncer"
 
 
 def _salt_bytes(salt_key: str | bytes | None) -> bytes | None:
@@ -110,11 +112,32 @@ def render_files(
     and the TLS settings of the inventory's ``tls``; the HBA rules follow ``network``.
     """
     check_config_dir(config_dir)
-    config = budget_plan(toml_text, secrets, instances=instances, scope=scope, servers=servers).config
+    budget = budget_plan(toml_text, secrets, instances=instances, scope=scope, servers=servers)
+    return _files(
+        budget.config,
+        network=network,
+        tls=tls,
+        config_dir=config_dir,
+        salt_key=salt_key,
+        previous_userlist=previous_userlist,
+    )
+
+
+def _files(
+    config: Config,
+    *,
+    network: Mapping[str, Any] | None,
+    tls: Mapping[str, Any] | None,
+    config_dir: str,
+    salt_key: str | bytes | None,
+    previous_userlist: str | None,
+) -> dict[str, str]:
     net = _network(network)
     tls_settings, _ = _tls(config, tls, config_dir)
+    ini = render_ini(config, config_dir=config_dir, extra_settings=tls_settings)
+    _check_sections(ini)
     return {
-        "pgbouncer.ini": render_ini(config, config_dir=config_dir, extra_settings=tls_settings),
+        "pgbouncer.ini": ini,
         "userlist.txt": render_userlist(
             config, salt_key=_salt_bytes(salt_key), previous_userlist=previous_userlist
         ),
@@ -122,6 +145,24 @@ def render_files(
             config, network=net, client_tls_required=tls_settings["client_tls_sslmode"] in CLIENT_TLS_REQUIRED
         ),
     }
+
+
+def _check_sections(ini: str) -> None:
+    """pgbouncer resets every [pgbouncer] setting at each [pgbouncer] header, so instance-N.ini cannot open
+    its own section after its %include: it continues the shared file's last section, which must be the one
+    [pgbouncer]. A file that breaks this is the renderer's bug; it never reaches a host."""
+    sections = re.findall(r"(?m)^\s*\[([^\]]+)\]", ini)
+    if sections.count("pgbouncer") != 1 or sections[-1] != "pgbouncer":
+        raise ConfigError(
+            [
+                Problem(
+                    "pgbouncer.ini",
+                    f"the rendered file has the sections {sections}; the instance files need exactly one "
+                    "[pgbouncer] section, last. This is a bug in the autopgpool renderer: please report it "
+                    "with your autopgpool.toml",
+                )
+            ]
+        )
 
 
 def file_descriptor_limit(config: Config) -> int:
@@ -170,6 +211,77 @@ def summarize(
     print); like errors, they name keys and variables, never values.
     """
     budget = budget_plan(toml_text, secrets, instances=instances, scope=scope, servers=servers)
+    return _summary(budget, network, tls, config_dir)
+
+
+def deployment_plan(
+    toml_text: str,
+    secrets: Mapping[str, str],
+    *,
+    instances: Mapping[str, Any] | int = 1,
+    scope: str = DEFAULT_SCOPE,
+    servers: Mapping[str, Any] | None = None,
+    network: Mapping[str, Any] | None = None,
+    tls: Mapping[str, Any] | None = None,
+    config_dir: str = DEFAULT_CONFIG_DIR,
+    salt_key: str | bytes | None = None,
+    base_ports: Mapping[str, Any] | None = None,
+    runtime_root: str = DEFAULT_RUNTIME_ROOT,
+) -> dict[str, Any]:
+    """Everything a run deploys, from one parse: ``summary`` (:func:`summarize`, no secret), ``files``
+    (:func:`render_files`: holds secrets) and ``hosts``: for each pooler host of ``instances``, its instance
+    numbers and the endpoints HAProxy balances over (address, TCP port ``base_ports[host]`` + N, unix socket
+    under ``runtime_root``/N).
+    """
+    check_config_dir(config_dir)
+    budget = budget_plan(toml_text, secrets, instances=instances, scope=scope, servers=servers)
+    summary = _summary(budget, network, tls, config_dir)
+    ports = dict(base_ports or {})
+    hosts = {}
+    for host, count in budget.fleet.instances.items():
+        base = _as_port(ports.get(host), host)
+        hosts[host] = {
+            "instances": list(range(1, count + 1)),
+            "endpoints": [
+                {
+                    "id": n,
+                    "address": summary["instance_address"],
+                    "port": base + n,
+                    "socket_dir": f"{runtime_root}/{n}",
+                    "socket": f"{runtime_root}/{n}/.s.PGSQL.{base + n}",
+                }
+                for n in range(1, count + 1)
+            ],
+        }
+    return {
+        "summary": summary,
+        "files": _files(
+            budget.config,
+            network=network,
+            tls=tls,
+            config_dir=config_dir,
+            salt_key=salt_key,
+            previous_userlist=None,
+        ),
+        "hosts": hosts,
+    }
+
+
+def _as_port(value: Any, host: str) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        port = 0
+    if isinstance(value, bool) or not 1024 <= port <= 65535:
+        raise ConfigError(
+            [Problem("pgbouncer_base_port", f"expected a port from 1024 to 65535 for host {host}")]
+        )
+    return port
+
+
+def _summary(
+    budget: Plan, network: Mapping[str, Any] | None, tls: Mapping[str, Any] | None, config_dir: str
+) -> dict[str, Any]:
     config = budget.config
     net = _network(network)
     tls_settings, tls_files = _tls(config, tls, config_dir)

@@ -34,8 +34,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config, Pool, User, key_path
+from .config import key_path
 from .errors import ConfigError, Problem
+from .model import Config, Pool, User
 
 SCOPES = ("tier", "host", "instance")
 DEFAULT_SCOPE = "tier"

@@ -32,8 +32,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from .config import Config, Pool
 from .hashing import choose_scram_verifiers, md5_verifier
+from .model import Config
 from .network import InstanceNetwork, plan_network
 
 DEFAULT_CONFIG_DIR = "/etc/pgbouncer"
@@ -63,10 +63,6 @@ def connstr_value(value: str) -> str:
 def dq(value: str) -> str:
     """Double-quoted field for userlist.txt and pgbouncer_hba.conf (``""`` for a double quote)."""
     return '"' + value.replace('"', '""') + '"'
-
-
-def _pool_size(config: Config, pool: Pool) -> int:
-    return pool.pool_size if pool.pool_size is not None else config.int_setting("default_pool_size")
 
 
 def render_ini(

@@ -12,11 +12,15 @@ import time
 
 from e2e.stack import Host, ansible_playbook, poolers, postgres_host
 
-# Instance ids from the instance files, then "N MainPID" per instance.
-_PIDS = (
-    "for f in /etc/pgbouncer/instance-*.ini; do n=${f##*/instance-}; n=${n%.ini}; "
-    "echo $n $(systemctl show -P MainPID pgbouncer@$n.service); done"
-)
+# What the role's installed.yml (the operations playbooks' instance list) reads: the instance files of the
+# lab's config dir (inventories/lab: the role's default pgbouncer_config_dir).
+CONFIG_DIR = "/etc/pgbouncer"
+
+
+def instance_ids(host: Host) -> list[int]:
+    """The instances configured on the host: one instance-N.ini each."""
+    names = host.run(f"ls -1 {CONFIG_DIR}").split()
+    return sorted(int(m.group(1)) for m in (re.fullmatch(r"instance-([0-9]+)\.ini", n) for n in names) if m)
 
 
 def lab_poolers() -> list[Host]:
@@ -29,8 +33,7 @@ def lab_postgres() -> Host:
 
 def instance_pids(host: Host) -> dict[int, int]:
     """{instance: MainPID} of every instance configured on the host (0 when not running)."""
-    out = host.run(_PIDS)
-    return {int(n): int(pid) for n, pid in (line.split() for line in out.splitlines() if line.strip())}
+    return {n: int(host.run(f"systemctl show -P MainPID pgbouncer@{n}.service")) for n in instance_ids(host)}
 
 
 def fleet_pids(hosts: list[Host]) -> dict[str, dict[int, int]]:
@@ -39,15 +42,12 @@ def fleet_pids(hosts: list[Host]) -> dict[str, dict[int, int]]:
 
 def running_versions(host: Host) -> dict[int, str]:
     """{instance: first line of `--version`} of the executable each running instance was started from."""
-    out = host.run(
-        "for f in /etc/pgbouncer/instance-*.ini; do n=${f##*/instance-}; n=${n%.ini}; "
-        "pid=$(systemctl show -P MainPID pgbouncer@$n.service); "
-        'echo "$n $(/proc/$pid/exe --version | head -n1)"; done'
-    )
     versions = {}
-    for line in out.splitlines():
-        n, _, version = line.partition(" ")
-        versions[int(n)] = version.removeprefix("PgBouncer ").strip()
+    for n in instance_ids(host):
+        line = host.run(
+            f"pid=$(systemctl show -P MainPID pgbouncer@{n}.service); /proc/$pid/exe --version | head -n1"
+        )
+        versions[n] = line.removeprefix("PgBouncer ").strip()
     return versions
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from autopgpool.config import Config
+from autopgpool.model import Config
 
 try:
     from .stack import Host, demo_secrets, example_config, poolers, postgres_host

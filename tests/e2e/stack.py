@@ -19,7 +19,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from autopgpool.config import Config, parse_config
+from autopgpool.config import parse_config
+from autopgpool.model import Config
 from demo_example import read_env_file
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,7 +21,7 @@ import pytest
 
 from autopgpool.api import file_descriptor_limit
 from autopgpool.budget import make_fleet, plan
-from autopgpool.config import Config
+from autopgpool.model import Config
 
 pytestmark = pytest.mark.e2e
 

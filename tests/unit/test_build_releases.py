@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from autopgpool.pgbouncer_settings import VERSION
+
 REPO = Path(__file__).resolve().parents[2]
 TABLE = yaml.safe_load((REPO / "roles/pgbouncer_build/vars/main/releases.yml").read_text())
 PIN = TABLE["pgbouncer_build_pinned_version"]
@@ -58,3 +60,9 @@ def test_operations_doc_names_every_cve_of_the_pin() -> None:
     for cve in RELEASES[PIN]["known_cves"]:
         assert cve in doc, cve
     assert "pgbouncer_build_accept_known_vulnerabilities" in doc
+
+
+def test_the_core_describes_the_pinned_release() -> None:
+    """The core's knowledge of pgbouncer's settings (names, reload/restart, number ranges) is of one release;
+    moving the pin without reviewing it would let the core's messages name a release nobody runs."""
+    assert VERSION == PIN, "review src/autopgpool/pgbouncer_settings.py for the new release, then VERSION"

@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 from autopgpool import defaults
-from autopgpool.config import MODELED_KEYS, POOL_KEYS, REMOTE_KEYS, USER_KEYS
+from autopgpool.model import MODELED_KEYS, POOL_KEYS, REMOTE_KEYS, USER_KEYS
 
 DOC = (Path(__file__).resolve().parents[2] / "docs/configuration.md").read_text()
 

@@ -1,7 +1,11 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from autopgpool import backends, render_files, summarize
+from autopgpool.api import _check_sections
+from autopgpool.errors import ConfigError
 from autopgpool.hashing import md5_verifier, scram_matches
 from autopgpool.render import connstr_value, ini_key, parse_userlist
 from demo_example import DEMO_ENV
@@ -174,3 +178,11 @@ def test_userlist_is_byte_stable_and_commented() -> None:
     assert names == sorted(names) == [
         "admin", "app_owner", "app_user", "both_user", "report_user", "reporting_owner", "stats"
     ]  # fmt: skip
+
+
+def test_a_rendered_file_without_a_last_pgbouncer_section_never_leaves_the_core() -> None:
+    """The renderer's own check (instance-N.ini continues the shared file's last section)."""
+    _check_sections("[databases]\na = host=x\n[pgbouncer]\nlisten_port = 1\n")
+    for bad in ("[pgbouncer]\n[databases]\n", "[databases]\n", "[pgbouncer]\n[users]\n[pgbouncer]\n"):
+        with pytest.raises(ConfigError, match="bug in the autopgpool renderer"):
+            _check_sections(bad)

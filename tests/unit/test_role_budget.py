@@ -117,7 +117,7 @@ def test_growing_beyond_the_budget_stops_before_rendering(tmp_path: Path) -> Non
     code, output = run(tmp_path, "-e", "pgbouncer_instances=64", extra=PG1)
     assert code != 0
     assert "pools.app.pool_size: pool_size 20 cannot be divided among 128 pgbouncer instances" in output
-    assert "Render the shared pgbouncer files" not in output
+    assert "Keep the rendered files" not in output
 
 
 def test_a_fleet_beyond_the_servers_limit_stops_before_rendering(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ def test_a_fleet_beyond_the_servers_limit_stops_before_rendering(tmp_path: Path)
         "but the server takes 17 (max_connections 100 - superuser_reserved_connections 3 - other clients 80"
         in output
     )
-    assert "Render the shared pgbouncer files" not in output
+    assert "Keep the rendered files" not in output
 
 
 def test_an_unreadable_server_is_named_and_its_password_never_shown(tmp_path: Path) -> None:
@@ -145,4 +145,4 @@ def test_an_unreadable_server_is_named_and_its_password_never_shown(tmp_path: Pa
     assert code != 0
     assert "pool1 could not read max_connections from PostgreSQL pg1:5432" in output
     assert "declare its limits in pgbouncer_postgres_servers" in output
-    assert "Render the shared pgbouncer files" not in output
+    assert "Keep the rendered files" not in output

@@ -16,7 +16,7 @@ import pytest
 
 from autopgpool import ConfigError, summarize, validate
 from autopgpool.cli import main
-from autopgpool.config import DEPLOYMENT_OWNED
+from autopgpool.model import DEPLOYMENT_OWNED
 from autopgpool.pgbouncer_settings import SETTINGS
 
 USERS = (
