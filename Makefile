@@ -57,8 +57,15 @@ lock: ## Regenerate the hash-pinned requirements/*.txt from pyproject.toml and r
 	$(PIP_COMPILE) -o requirements/controller.txt pyproject.toml
 	$(PIP_COMPILE) --extra dev -o requirements/dev.txt pyproject.toml
 
+# The checkout is the collection autopgpool.pool (galaxy.yml): ansible.cfg and molecule find it by FQCN through
+# this link, the way an operator's ansible finds the installed tarball.
+COLLECTION_LINK := .cache/collections/ansible_collections/autopgpool/pool
+$(COLLECTION_LINK):
+	mkdir -p $(dir $@)
+	ln -sfn ../../../.. $@
+
 .PHONY: venv
-venv: $(VENV)/.installed ## Create the virtualenv with the package and its tools
+venv: $(VENV)/.installed $(COLLECTION_LINK) ## Create the virtualenv with the package and its tools (and link the collection)
 
 .PHONY: lint
 lint: venv ## ruff, mypy, yamllint, ansible-lint (production profile), promtool on the alert rules

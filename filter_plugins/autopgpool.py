@@ -8,15 +8,50 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
-from autopgpool import ConfigError, backends, merge_sources, render_files, summarize, validate
-from autopgpool.api import limit_probes, server_limits
-from autopgpool.monitoring import exporter_config, file_sd, fleet_table
-from autopgpool.tls import check_ca, check_client_tls
+# The filters adapt the autopgpool package, installed into the Python that runs Ansible (README.md, "Use it
+# from your own repository"). Without it, every filter fails with that instruction instead of Ansible's bare
+# "No filter named ...".
+try:
+    from autopgpool import ConfigError, backends, merge_sources, render_files, summarize, validate
+    from autopgpool.api import limit_probes, server_limits
+    from autopgpool.monitoring import exporter_config, file_sd, fleet_table
+    from autopgpool.tls import check_ca, check_client_tls
+except ImportError as _exc:
+    _IMPORT_ERROR: ImportError | None = _exc
+else:
+    _IMPORT_ERROR = None
+
+FILTER_NAMES = (
+    "autopgpool_render",
+    "autopgpool_summary",
+    "autopgpool_backends",
+    "autopgpool_validate",
+    "autopgpool_limit_probes",
+    "autopgpool_server_limits",
+    "autopgpool_exporter_config",
+    "autopgpool_file_sd",
+    "autopgpool_fleet_table",
+    "autopgpool_tls_problems",
+    "autopgpool_ca_problems",
+)
+
+
+def _missing_package(name: str) -> Callable[..., Any]:
+    def filter_(*_args: Any, **_kwargs: Any) -> Any:
+        raise AnsibleFilterError(
+            f"{name}: the Python package 'autopgpool' is not importable by the Python that runs Ansible "
+            f"({sys.executable}): {_IMPORT_ERROR}. Install the wheel of the same release as this collection "
+            f"into it: {sys.executable} -m pip install autopgpool-<version>-py3-none-any.whl "
+            "(README.md, 'Use it from your own repository')."
+        )
+
+    return filter_
 
 
 def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -74,6 +109,8 @@ def _ca_problems(pem: str | None, variable: str) -> list[str]:
 
 class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
+        if _IMPORT_ERROR is not None:
+            return {name: _missing_package(name) for name in FILTER_NAMES}
         return {
             "autopgpool_render": _wrap(render_files),
             "autopgpool_summary": _wrap(summarize),
