@@ -10,6 +10,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
@@ -18,6 +19,7 @@ from ansible.errors import AnsibleFilterError
 # from your own repository"). Without it, every filter fails with that instruction instead of Ansible's bare
 # "No filter named ...".
 try:
+    import autopgpool
     from autopgpool import ConfigError, backends, merge_sources, render_files, summarize, validate
     from autopgpool.api import limit_probes, server_limits
     from autopgpool.monitoring import exporter_config, file_sd, fleet_table
@@ -39,6 +41,7 @@ FILTER_NAMES = (
     "autopgpool_fleet_table",
     "autopgpool_tls_problems",
     "autopgpool_ca_problems",
+    "autopgpool_package_file",
 )
 
 
@@ -107,6 +110,16 @@ def _ca_problems(pem: str | None, variable: str) -> list[str]:
     return check_ca(str(pem or ""), variable)
 
 
+def _package_file(name: str) -> str:
+    """``'exporter.py' | autopgpool_package_file``: the path of a file of the installed autopgpool package on
+    the controller (the exporter script a role copies to hosts is the package's own, of the same release)."""
+    base = Path(autopgpool.__file__).resolve().parent
+    path = (base / str(name)).resolve()
+    if not path.is_relative_to(base) or not path.is_file():
+        raise AnsibleFilterError(f"autopgpool_package_file: the autopgpool package has no file {str(name)!r}")
+    return str(path)
+
+
 class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
         if _IMPORT_ERROR is not None:
@@ -124,4 +137,5 @@ class FilterModule:
             "autopgpool_fleet_table": _plain(fleet_table),
             "autopgpool_tls_problems": _tls_problems,
             "autopgpool_ca_problems": _ca_problems,
+            "autopgpool_package_file": _package_file,
         }

@@ -1,8 +1,8 @@
 """filter_plugins/autopgpool.py loaded by a real ansible-playbook, as a playbook author uses it.
 
-Each case runs a one-play playbook on localhost in tmp_path, with ANSIBLE_COLLECTIONS_PATH finding the checkout as
-the collection autopgpool.pool (filters by FQCN) and an empty ansible.cfg, and inspects what ansible-playbook
-printed and wrote.
+Each case runs a one-play playbook on localhost in tmp_path, with ANSIBLE_COLLECTIONS_PATH finding the
+checkout as the collection autopgpool.pool (filters by FQCN) and an empty ansible.cfg, and inspects what
+ansible-playbook printed and wrote.
 """
 
 from __future__ import annotations
