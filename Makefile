@@ -57,11 +57,18 @@ lock: ## Regenerate the hash-pinned requirements/*.txt from pyproject.toml and r
 	$(PIP_COMPILE) -o requirements/controller.txt pyproject.toml
 	$(PIP_COMPILE) --extra dev -o requirements/dev.txt pyproject.toml
 
+# The checkout is the collection autopgpool.pool (galaxy.yml): ansible.cfg and molecule find it by FQCN through
+# this link, the way an operator's ansible finds the installed tarball.
+COLLECTION_LINK := .cache/collections/ansible_collections/autopgpool/pool
+$(COLLECTION_LINK):
+	mkdir -p $(dir $@)
+	ln -sfn ../../../.. $@
+
 .PHONY: venv
-venv: $(VENV)/.installed ## Create the virtualenv with the package and its tools
+venv: $(VENV)/.installed $(COLLECTION_LINK) ## Create the virtualenv with the package and its tools (and link the collection)
 
 .PHONY: lint
-lint: venv ## ruff, mypy, yamllint, ansible-lint (production profile), promtool on the alert rules
+lint: venv ## ruff, mypy, yamllint, ansible-lint (production profile), promtool, role READMEs in step with their specs
 	promtool check rules monitoring/rules/*.yml
 	promtool test rules monitoring/tests/*.yml
 	ruff check .
@@ -69,6 +76,7 @@ lint: venv ## ruff, mypy, yamllint, ansible-lint (production profile), promtool 
 	mypy
 	yamllint -s .
 	ansible-lint
+	python tools/role_docs.py --check
 
 .PHONY: unit
 unit: deps venv ## Unit tests and the real-pgbouncer integration tests (loopback only)
@@ -82,8 +90,27 @@ lab-smoke: deps venv lab-image ## Boot the lab twice (idempotent up), check ever
 molecule: deps venv lab-image ## The molecule scenario on the lab: create, converge, idempotence, verify, destroy
 	$(LAB_LOCK) molecule test
 
+# The released artifacts as an operator gets them (README.md, "Use it from your own repository").
+.PHONY: role-docs
+role-docs: venv ## Regenerate the variable tables of roles/*/README.md from meta/argument_specs.yml
+	python tools/role_docs.py
+
+.PHONY: dist
+dist: venv ## Build the release files into dist/: the collection tarball and the autopgpool wheel
+	rm -rf dist && mkdir -p dist
+	ansible-galaxy collection build --output-path dist
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w dist .
+
+# tests/consumer: builds both files, installs them with the README's two commands into a fresh virtualenv outside
+# the repository and deploys the lab from an operator project of its own by FQCN. Boots the lab and gives pg1 its
+# backends first (molecule destroyed it), tears it down after.
+.PHONY: consumer
+consumer: deps venv lab-image ## The built collection + wheel, installed as README.md says, deploy the lab from outside the repository
+	$(LAB_LOCK) bash -c 'python3 lab/labctl.py up && ansible-playbook $(LAB_INVENTORY) lab/playbooks/postgres.yml \
+		&& pytest -m consumer -s -p no:cacheprovider tests/consumer; rc=$$?; python3 lab/labctl.py down; exit $$rc'
+
 .PHONY: test
-test: deps venv lint unit lab-smoke molecule ## Everything CI runs
+test: deps venv lint unit lab-smoke molecule consumer ## Everything CI runs
 
 .PHONY: demo
 demo: deps venv lab-image lab-up ## Boot the lab and deploy examples/autopgpool.toml to it

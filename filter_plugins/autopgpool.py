@@ -8,23 +8,62 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
-from autopgpool import (
-    ConfigError,
-    backends,
-    deployment_plan,
-    merge_sources,
-    render_files,
-    summarize,
-    validate,
+# The filters adapt the autopgpool package, installed into the Python that runs Ansible (README.md, "Use it
+# from your own repository"). Without it, every filter fails with that instruction instead of Ansible's bare
+# "No filter named ...".
+try:
+    import autopgpool
+    from autopgpool import (
+        ConfigError,
+        backends,
+        deployment_plan,
+        merge_sources,
+        render_files,
+        summarize,
+        validate,
+    )
+    from autopgpool.api import limit_probes, server_limits
+    from autopgpool.monitoring import exporter_config, file_sd, fleet_table
+    from autopgpool.tls import check_ca, check_client_tls
+except ImportError as _exc:
+    _IMPORT_ERROR: ImportError | None = _exc
+else:
+    _IMPORT_ERROR = None
+
+FILTER_NAMES = (
+    "autopgpool_plan",
+    "autopgpool_render",
+    "autopgpool_summary",
+    "autopgpool_backends",
+    "autopgpool_validate",
+    "autopgpool_limit_probes",
+    "autopgpool_server_limits",
+    "autopgpool_exporter_config",
+    "autopgpool_file_sd",
+    "autopgpool_fleet_table",
+    "autopgpool_tls_problems",
+    "autopgpool_ca_problems",
+    "autopgpool_package_file",
 )
-from autopgpool.api import limit_probes, server_limits
-from autopgpool.monitoring import exporter_config, file_sd, fleet_table
-from autopgpool.tls import check_ca, check_client_tls
+
+
+def _missing_package(name: str) -> Callable[..., Any]:
+    def filter_(*_args: Any, **_kwargs: Any) -> Any:
+        raise AnsibleFilterError(
+            f"{name}: the Python package 'autopgpool' is not importable by the Python that runs Ansible "
+            f"({sys.executable}): {_IMPORT_ERROR}. Install the wheel of the same release as this collection "
+            f"into it: {sys.executable} -m pip install autopgpool-<version>-py3-none-any.whl "
+            "(README.md, 'Use it from your own repository')."
+        )
+
+    return filter_
 
 
 def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -80,8 +119,20 @@ def _ca_problems(pem: str | None, variable: str) -> list[str]:
     return check_ca(str(pem or ""), variable)
 
 
+def _package_file(name: str) -> str:
+    """``'exporter.py' | autopgpool_package_file``: the path of a file of the installed autopgpool package on
+    the controller (the exporter script a role copies to hosts is the package's own, of the same release)."""
+    base = Path(autopgpool.__file__).resolve().parent
+    path = (base / str(name)).resolve()
+    if not path.is_relative_to(base) or not path.is_file():
+        raise AnsibleFilterError(f"autopgpool_package_file: the autopgpool package has no file {str(name)!r}")
+    return str(path)
+
+
 class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
+        if _IMPORT_ERROR is not None:
+            return {name: _missing_package(name) for name in FILTER_NAMES}
         return {
             # The run's plan: summary, files and each host's instances and endpoints, from one parse.
             "autopgpool_plan": _wrap(deployment_plan),
@@ -97,4 +148,5 @@ class FilterModule:
             "autopgpool_fleet_table": _plain(fleet_table),
             "autopgpool_tls_problems": _tls_problems,
             "autopgpool_ca_problems": _ca_problems,
+            "autopgpool_package_file": _package_file,
         }

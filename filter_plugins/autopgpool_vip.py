@@ -8,13 +8,21 @@ that holds an address. ``bind | autopgpool_vrrp_bind_problems``: whether HAProxy
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
-from autopgpool import ConfigError
-from autopgpool.vip import DEFAULT_GROUP, DEFAULT_ROUTER_ID, bind_problems, interface_of, plan_vips
+try:
+    from autopgpool import ConfigError
+    from autopgpool.vip import DEFAULT_GROUP, DEFAULT_ROUTER_ID, bind_problems, interface_of, plan_vips
+except ImportError as _exc:  # the same instruction as autopgpool.py's filters give
+    _IMPORT_ERROR: ImportError | None = _exc
+else:
+    _IMPORT_ERROR = None
+
+FILTER_NAMES = ("autopgpool_vrrp_plan", "autopgpool_vrrp_interface", "autopgpool_vrrp_bind_problems")
 
 _VARIABLES = (
     "keepalived_group",
@@ -54,8 +62,22 @@ def _interface(facts: Mapping[str, Any], address: str) -> str:
     return interface_of(str(address), facts)
 
 
+def _missing_package(name: str) -> Callable[..., Any]:
+    def filter_(*_args: Any, **_kwargs: Any) -> Any:
+        raise AnsibleFilterError(
+            f"{name}: the Python package 'autopgpool' is not importable by the Python that runs Ansible "
+            f"({sys.executable}): {_IMPORT_ERROR}. Install the wheel of the same release as this collection "
+            f"into it: {sys.executable} -m pip install autopgpool-<version>-py3-none-any.whl "
+            "(README.md, 'Use it from your own repository')."
+        )
+
+    return filter_
+
+
 class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
+        if _IMPORT_ERROR is not None:
+            return {name: _missing_package(name) for name in FILTER_NAMES}
         return {
             "autopgpool_vrrp_plan": _plan,
             "autopgpool_vrrp_interface": _interface,

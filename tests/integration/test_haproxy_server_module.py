@@ -151,22 +151,26 @@ def test_unknown_server_and_missing_socket_are_named(lab: Lab, tmp_path: Path) -
 
 
 def test_through_ansible_playbook(lab: Lab, tmp_path: Path) -> None:
-    """The module as roles call it: by name from the library path, failing with the message above."""
+    """The module as roles call it: by FQCN from the collection, failing with the message above."""
     playbook = tmp_path / "play.yml"
     playbook.write_text(
         f"""- hosts: localhost
   connection: local
   gather_facts: false
   tasks:
-    - haproxy_server: {{socket: {lab.admin}, backend: be, servers: [s2], state: maint}}
+    - autopgpool.pool.haproxy_server: {{socket: {lab.admin}, backend: be, servers: [s2], state: maint}}
       register: out
     - ansible.builtin.debug: {{msg: "{{{{ out | to_json }}}}"}}
-    - haproxy_server: {{socket: {lab.admin}, backend: be, servers: [s2], state: maint}}
+    - autopgpool.pool.haproxy_server: {{socket: {lab.admin}, backend: be, servers: [s2], state: maint}}
       register: again
     - ansible.builtin.assert: {{that: [out.changed, not again.changed, "out.servers.s2.status == 'MAINT'"]}}
 """
     )
-    env = {**os.environ, "ANSIBLE_LIBRARY": str(REPO / "plugins" / "modules"), "ANSIBLE_NOCOLOR": "1"}
+    env = {
+        **os.environ,
+        "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".cache" / "collections"),
+        "ANSIBLE_NOCOLOR": "1",
+    }
     bin_dir = Path(sys.executable).parent
     result = subprocess.run(
         [

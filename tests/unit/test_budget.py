@@ -393,23 +393,24 @@ def test_cli_validate_prints_per_instance_sizes_and_fleet_totals(
 BUDGET_TASKS = """\
     - name: Ask the undeclared servers
       ansible.builtin.set_fact:
-        probes: "{{ toml_text | autopgpool_limit_probes(secrets=vault_secrets, servers=declared) }}"
+        probes: >-
+          {{ toml_text | autopgpool.pool.autopgpool_limit_probes(secrets=vault_secrets, servers=declared) }}
       no_log: true
     - name: Complete the limits with a server's answer
       ansible.builtin.set_fact:
         limits: >-
-          {{ declared | autopgpool_server_limits(
+          {{ declared | autopgpool.pool.autopgpool_server_limits(
                [{'server': probes[0].server, 'rows': [['100', '3', '0']]}]) }}
     - name: Summarize for the fleet
       ansible.builtin.debug:
         msg: >-
-          {{ (toml_text | autopgpool_summary(secrets=vault_secrets, instances=fleet, scope=scope,
-                                              servers=limits)).budget_lines }}
+          {{ (toml_text | autopgpool.pool.autopgpool_summary(secrets=vault_secrets, instances=fleet,
+                                                             scope=scope, servers=limits)).budget_lines }}
     - name: Render for the fleet
       ansible.builtin.set_fact:
         rendered: >-
-          {{ toml_text | autopgpool_render(secrets=vault_secrets, salt_key='k',
-                                           instances=fleet, scope=scope) }}
+          {{ toml_text | autopgpool.pool.autopgpool_render(secrets=vault_secrets, salt_key='k',
+                                                           instances=fleet, scope=scope) }}
       no_log: true
     - name: Write pgbouncer.ini
       ansible.builtin.copy:

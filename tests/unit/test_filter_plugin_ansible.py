@@ -1,7 +1,8 @@
 """filter_plugins/autopgpool.py loaded by a real ansible-playbook, as a playbook author uses it.
 
-Each case runs a one-play playbook on localhost in tmp_path, with ANSIBLE_FILTER_PLUGINS pointing at the
-repository's filter_plugins and an empty ansible.cfg, and inspects what ansible-playbook printed and wrote.
+Each case runs a one-play playbook on localhost in tmp_path, with ANSIBLE_COLLECTIONS_PATH finding the
+checkout as the collection autopgpool.pool (filters by FQCN) and an empty ansible.cfg, and inspects what
+ansible-playbook printed and wrote.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ PLAY = """\
 RENDER_TASKS = """\
     - name: Validate
       ansible.builtin.debug:
-        msg: "valid={{ toml_text | autopgpool_validate(secrets=vault_secrets) }}"
+        msg: "valid={{ toml_text | autopgpool.pool.autopgpool_validate(secrets=vault_secrets) }}"
     - name: Summarize
       ansible.builtin.debug:
-        msg: "{{ toml_text | autopgpool_summary(secrets=vault_secrets) }}"
+        msg: "{{ toml_text | autopgpool.pool.autopgpool_summary(secrets=vault_secrets) }}"
     - name: Render
       ansible.builtin.set_fact:
         rendered: >-
-          {{ toml_text | autopgpool_render(secrets=vault_secrets, salt_key='k', config_dir='/etc/pgb') }}
+          {{ toml_text | autopgpool.pool.autopgpool_render(secrets=vault_secrets, salt_key='k',
+                                                           config_dir='/etc/pgb') }}
       no_log: true
     - name: Write the rendered files
       ansible.builtin.copy:
@@ -67,7 +69,8 @@ def run_play(
         "HOME": str(tmp_path),
         "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"),
         "ANSIBLE_HOME": str(tmp_path / ".ansible"),
-        "ANSIBLE_FILTER_PLUGINS": str(ROOT / "filter_plugins"),
+        # The checkout as the collection autopgpool.pool (the link `make venv` makes): filters by FQCN.
+        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".cache" / "collections"),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_LOCALHOST_WARNING": "0",
         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
@@ -118,7 +121,7 @@ def test_bad_config_fails_with_key_paths_and_no_traceback(tmp_path: Path) -> Non
     tasks = """\
     - name: Validate
       ansible.builtin.debug:
-        msg: "{{ toml_text | autopgpool_validate(secrets=vault_secrets) }}"
+        msg: "{{ toml_text | autopgpool.pool.autopgpool_validate(secrets=vault_secrets) }}"
 """
     proc = run_play(tmp_path, bad, tasks, secrets, {})
     output = proc.stdout + proc.stderr
@@ -136,11 +139,12 @@ def test_summary_carries_warnings_and_render_refuses_a_bad_config_dir(tmp_path: 
     tasks = """\
     - name: Summarize
       ansible.builtin.debug:
-        msg: "{{ (toml_text | autopgpool_summary(secrets=vault_secrets)).warnings }}"
+        msg: "{{ (toml_text | autopgpool.pool.autopgpool_summary(secrets=vault_secrets)).warnings }}"
     - name: Render into a directory that would add a line to pgbouncer.ini
       ansible.builtin.set_fact:
         rendered: >-
-          {{ toml_text | autopgpool_render(secrets=vault_secrets, config_dir='/etc/x\\nauth_type = trust') }}
+          {{ toml_text | autopgpool.pool.autopgpool_render(secrets=vault_secrets,
+                                                           config_dir='/etc/x\\nauth_type = trust') }}
 """
     proc = run_play(tmp_path, toml, tasks, dict(DEMO_ENV), {})
     output = proc.stdout + proc.stderr

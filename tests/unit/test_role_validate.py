@@ -27,7 +27,7 @@ PLAY = """\
   tasks:
     - name: Validate and render
       ansible.builtin.include_role:
-        name: pgbouncer
+        name: autopgpool.pool.pgbouncer
         tasks_from: validate.yml
     - name: Show the digest's length
       ansible.builtin.debug:
@@ -51,9 +51,8 @@ def _run(tmp_path: Path, secrets: dict[str, str], salt_key: str) -> subprocess.C
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     env.update(
-        ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
-        ANSIBLE_FILTER_PLUGINS=str(ROOT / "filter_plugins"),
-        ANSIBLE_LIBRARY=str(ROOT / "plugins" / "modules"),
+        # The checkout as the collection autopgpool.pool (the link `make venv` makes).
+        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".cache" / "collections"),
         ANSIBLE_NOCOLOR="1",
         ANSIBLE_CONFIG=str(tmp_path / "ansible.cfg"),
     )
