@@ -86,13 +86,13 @@ options:
 
 EXAMPLES = r"""
 - name: Read the instances and settings already on the host
-  pgbouncer_info:
+  autopgpool.pool.pgbouncer_info:
     config_dir: /etc/pgbouncer
     restart_settings_path: /etc/pgbouncer/restart-settings.json
   register: before
 
 - name: Read the state of the instances
-  pgbouncer_info:
+  autopgpool.pool.pgbouncer_info:
     config_dir: /etc/pgbouncer
     restart_settings_path: /etc/pgbouncer/restart-settings.json
     instances: [1, 2]

@@ -225,7 +225,7 @@ def interface_of(address: str, facts: Mapping[str, Any]) -> str:
     """The interface that holds ``address`` in a host's network facts (``ansible_facts``), or "" if none."""
     for name in facts.get("interfaces") or ():
         ipv4 = (facts.get(str(name).replace("-", "_")) or {}).get("ipv4") or {}
-        entries = ipv4 if isinstance(ipv4, list) else [ipv4]
+        entries = [*ipv4] if isinstance(ipv4, list) else [ipv4]
         entries += (facts.get(str(name).replace("-", "_")) or {}).get("ipv4_secondaries") or []
         if any(entry.get("address") == address for entry in entries if isinstance(entry, Mapping)):
             return str(name)

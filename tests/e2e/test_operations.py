@@ -128,6 +128,8 @@ def test_shrinking_and_growing_the_instance_count() -> None:
     try:
         shrink = ansible_playbook("playbooks/site.yml", "--limit", host.name, "-e", "pgbouncer_instances=1")
         assert shrink.returncode == 0, shrink.stdout[-3000:]
+        # The surplus instance was drained in HAProxy (its sessions waited for) before it was stopped.
+        assert "Drain the instances beyond the instance count and wait for their sessions" in shrink.stdout
         assert host.run("systemctl is-active pgbouncer@2.service || true").strip() == "inactive"
         assert host.run("systemctl is-enabled pgbouncer@2.service 2>/dev/null || true").strip() != "enabled"
         assert host.run("ls /etc/pgbouncer").split().count("instance-2.ini") == 0
