@@ -24,7 +24,7 @@ OLD = "1.24.1"
 NEW = "1.25.2"
 
 
-COMPILE_TASK = "TASK [pgbouncer_build : Compile as the build user]"
+COMPILE_TASK = "TASK [autopgpool.pool.pgbouncer_build : Compile as the build user]"
 
 
 def _compiled(output: str) -> bool:

@@ -42,6 +42,10 @@ printf 'pgbouncer:\\n\\t%s; chmod 755 pgbouncer\\n' "{FAKE}" > Makefile
 """
 
 
+# How ansible-playbook heads the role's tasks (the collection's role, named by FQCN in the playbooks).
+ROLE_TASK = "TASK [autopgpool.pool.pgbouncer_build : "
+
+
 def _plant(host: Host, directory: str, *, as_user: str) -> None:
     """A source tree with the planted configure in `directory`, made by `as_user` (its dirs open to all)."""
     src = f"{directory}/pgbouncer-{VERSION}"
@@ -62,8 +66,8 @@ def _run(artifacts: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def _section(output: str, task: str) -> str:
-    """All output lines of every occurrence of `TASK [pgbouncer_build : <task>]`."""
-    parts = output.split(f"TASK [pgbouncer_build : {task}]")[1:]
+    """All output lines of every occurrence of `TASK [autopgpool.pool.pgbouncer_build : <task>]`."""
+    parts = output.split(f"{ROLE_TASK}{task}]")[1:]
     return "\n".join(part.split("\nTASK [", 1)[0] for part in parts)
 
 
@@ -189,7 +193,7 @@ def test_symlinked_build_dir_is_refused(hosts: tuple[Host, list[Host]], tmp_path
         assert result.returncode != 0
         assert f"pgbouncer_build_dir ({NEW_BUILD_DIR}) on pg1 is not safe" in result.stdout
         assert f"{NEW_BUILD_DIR} is a symbolic link" in result.stdout
-        assert "TASK [pgbouncer_build : Install the build dependencies on the builder]" not in result.stdout
+        assert f"{ROLE_TASK}Install the build dependencies on the builder]" not in result.stdout
         assert builder.run("ls -A /tmp/evil").split() == []
     finally:
         builder.run(f"rm -f {NEW_BUILD_DIR}; rmdir /tmp/evil; mv {NEW_BUILD_DIR}.aside {NEW_BUILD_DIR}")
@@ -201,7 +205,7 @@ def test_vulnerable_release_needs_every_cve_acknowledged(tmp_path: Path) -> None
     refusal = _section(result.stdout, "Refuse a vulnerable release unless each of its CVEs is acknowledged")
     assert f"pgbouncer {VERSION} is vulnerable to {CVES[0]} " in refusal, refusal
     assert not any(cve in refusal for cve in CVES[1:])
-    assert "TASK [pgbouncer_build : Read the state of the installed build]" not in result.stdout
+    assert f"{ROLE_TASK}Read the state of the installed build]" not in result.stdout
 
     accepted = _run(tmp_path, "--check")
     warning = _section(accepted.stdout, f"Report the known vulnerabilities of pgbouncer {VERSION}")

@@ -87,7 +87,7 @@ def test_placeholder_secrets_are_refused_by_name(tmp_path: Path) -> None:
     for name in ("APP_USER_PASSWORD", "STATS_PASSWORD", "ADMIN_PASSWORD"):
         assert name in message
     assert "REPORT_USER_PASSWORD" not in message
-    assert "TASK [pgbouncer : Keep the rendered files]" not in message
+    assert "TASK [autopgpool.pool.pgbouncer : Keep the rendered files]" not in message
 
 
 def test_a_placeholder_salt_key_is_refused(tmp_path: Path) -> None:
