@@ -89,7 +89,7 @@ def test_exposed_listener_is_refused_before_any_host_changes() -> None:
     assert result.returncode != 0
     assert "pgbouncer_instance_listen_addr" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
-    assert "TASK [pgbouncer_build" not in result.stdout
+    assert "TASK [autopgpool.pool.pgbouncer_build" not in result.stdout
     for secret in demo_secrets().values():
         assert secret not in result.stdout + result.stderr
     after = {host.name: host.run(files) for host in POOLERS}

@@ -79,7 +79,7 @@ def test_bad_toml_stops_before_any_host_task_and_changes_nothing(tmp_path: Path)
     assert "pools.app.remote.port" in result.stdout
     assert "pools.app.pool_szie" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
-    assert "TASK [pgbouncer_build" not in result.stdout
+    assert "TASK [autopgpool.pool.pgbouncer_build" not in result.stdout
     for secret in demo_secrets().values():
         assert secret not in result.stdout + result.stderr
     assert {host.name: _state(host) for host in POOLERS} == before

@@ -249,7 +249,7 @@ def test_unusable_tls_files_stop_the_run_before_any_host_changes(tmp_path: Path)
     assert "pgbouncer_client_tls_key_file: does not match the certificate" in flat
     assert "pgbouncer_server_tls_ca_file: not a PEM file" in flat
     assert "PRIVATE KEY" not in output
-    assert "TASK [pgbouncer_build" not in result.stdout
+    assert "TASK [autopgpool.pool.pgbouncer_build" not in result.stdout
     for secret in demo_secrets().values():
         assert secret not in output
     assert {host.name: _digests(host) for host in POOLERS} == before
