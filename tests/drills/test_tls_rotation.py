@@ -27,6 +27,7 @@ from .load import Load
 
 sys.path.insert(0, str(REPO / "lab"))
 from autopgpool_lab.ca import issue, pem
+from autopgpool_lab.config import POOLER_VIP
 
 pytestmark = pytest.mark.drill
 
@@ -52,7 +53,7 @@ def _issue_new_certificates(poolers: list[Host], directory: Path) -> dict[str, i
     ca_key = serialization.load_pem_private_key((TLS_DIR / "ca.key").read_bytes(), password=None)
     serials = {}
     for host in poolers:
-        cert, key = issue(ca_cert, ca_key, [host.name, host.address])  # type: ignore[arg-type]
+        cert, key = issue(ca_cert, ca_key, [host.name, host.address, str(POOLER_VIP)])  # type: ignore[arg-type]
         (directory / f"{host.name}.crt").write_bytes(pem(cert))
         key_file = directory / f"{host.name}.key"
         key_file.touch(mode=0o600)
