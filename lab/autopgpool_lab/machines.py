@@ -363,7 +363,26 @@ def start_machine(machine: Machine, paths: Paths) -> int:
             close_fds=True,
         )
     paths.pidfile(machine.name).write_text(f"{proc.pid}\n")
+    _wait_exec(proc)
     return proc.pid
+
+
+EXEC_TIMEOUT = 10.0
+
+
+def _wait_exec(proc: subprocess.Popen[bytes]) -> None:
+    """Return once the cgroup wrapper (/bin/sh) has exec'd systemd-nspawn, or has exited.
+
+    Until then the process is not recognisable as the machine's nspawn (nspawn_pids reads argv[0]), and
+    wait_ready would report "systemd-nspawn exited" and have the machines stopped: seen on a loaded host as a
+    container that booted fine and was then halted.
+    """
+    deadline = time.monotonic() + EXEC_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        argv = read_cmdline(proc.pid)
+        if argv and os.path.basename(argv[0]) == "systemd-nspawn":
+            return
+        time.sleep(0.02)
 
 
 def ssh_base(paths: Paths, machine: Machine) -> list[str]:
