@@ -88,10 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     conv.add_argument("--timings-dir", type=Path, help="per-task times of each playbook (JSON)")
     args = parser.parse_args(argv)
     if args.part == "pgbench":
+        for option, value in (("--hold-ms", args.hold_ms), ("--bare-pool-size", args.bare_pool_size)):
+            if value is not None and value < 1:
+                parser.error(f"{option}: expected a positive number, got {value}")
         targets = [t for t in args.targets.split(",") if t]
-        unknown = sorted(set(targets) - set(layouts.TARGETS))
+        unknown = sorted(set(targets) - set(layouts.TARGET_NAMES))
         if unknown:
-            parser.error(f"unknown targets {unknown}; choose from {sorted(layouts.TARGETS)}")
+            parser.error(f"unknown targets {unknown}; choose from {sorted(layouts.TARGET_NAMES)}")
         out = layouts.main(
             targets,
             args.clients,

@@ -10,6 +10,9 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SSH_CONFIG = REPO / ".lab" / "ssh_config"
@@ -70,6 +73,36 @@ def playbook(
         tail = (proc.stdout or "")[-4000:] if quiet else ""
         raise RuntimeError(f"ansible-playbook {path} failed ({proc.returncode}):\n{tail}")
     return took
+
+
+def _inventory() -> dict[str, Any]:
+    """The lab inventory `labctl up` wrote for this lab slot (the one source of the machines' addresses)."""
+    data = yaml.safe_load((REPO / ".lab" / "inventory.yml").read_text(encoding="utf-8"))
+    return dict(data["all"])
+
+
+def lab_network() -> str:
+    """The lab bridge's network, e.g. 10.231.0.0/24."""
+    return str(_inventory()["vars"]["lab_network"])
+
+
+def address(host: str) -> str:
+    """A lab machine's address on the bridge, from the inventory."""
+
+    def walk(group: Mapping[str, Any]) -> str | None:
+        hosts = group.get("hosts") or {}
+        if host in hosts:
+            return str(hosts[host]["ansible_host"])
+        for child in (group.get("children") or {}).values():
+            found = walk(child or {})
+            if found:
+                return found
+        return None
+
+    found = walk(_inventory())
+    if found is None:
+        raise RuntimeError(f"{host}: not in the lab inventory (.lab/inventory.yml); run `labctl up`")
+    return found
 
 
 def demo_secrets() -> dict[str, str]:

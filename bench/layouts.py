@@ -8,7 +8,6 @@ to pg1, so every path crosses the bridge exactly once per server round trip.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import tempfile
@@ -23,10 +22,6 @@ from .stats import Cell, cpu_table, cpu_us_per_transaction, latencies_us, parse_
 
 POOLER = "pool1"
 PG = "pg1"
-# The lab slot's network (lab/README.md, "Several labs at once"): pg1 is .10 of 10.231.<slot>.0/24.
-SLOT = int(os.environ.get("AUTOPGPOOL_LAB_SLOT", "0") or 0)
-LAB_NETWORK = f"10.231.{SLOT}.0/24"
-PG_ADDR = f"10.231.{SLOT}.10"
 DB = "bench"
 OWNER = "bench_owner"
 USER = "bench_user"
@@ -89,15 +84,20 @@ class Target:
     user: str
 
 
-TARGETS = {
-    "direct": Target("direct", PG_ADDR, 5432, OWNER),
-    "bare": Target("bare", "127.0.0.1", BARE_PORT, USER),
-    "instance": Target("instance", "127.0.0.1", 6401, USER),
-    "stack": Target("stack", "127.0.0.1", 6432, USER),
-    # The deployed haproxy.cfg with changes under test (--haproxy-global/--haproxy-defaults), run next to the
-    # deployed HAProxy on another port, in front of the same instances: A/B of HAProxy tuning in one run.
-    "variant": Target("variant", "127.0.0.1", VARIANT_PORT, USER),
-}
+def target_table(pg_address: str) -> dict[str, Target]:
+    """Every target; PostgreSQL's address is the lab slot's (from the lab inventory, lab.address)."""
+    return {
+        "direct": Target("direct", pg_address, 5432, OWNER),
+        "bare": Target("bare", "127.0.0.1", BARE_PORT, USER),
+        "instance": Target("instance", "127.0.0.1", 6401, USER),
+        "stack": Target("stack", "127.0.0.1", 6432, USER),
+        # The deployed haproxy.cfg with changes under test (--haproxy-global/--haproxy-defaults), run next
+        # to the deployed HAProxy on another port, in front of the same instances: A/B of HAProxy tuning.
+        "variant": Target("variant", "127.0.0.1", VARIANT_PORT, USER),
+    }
+
+
+TARGET_NAMES = tuple(target_table("pg1"))
 
 
 def variant_config(
@@ -172,7 +172,7 @@ def _hba(auth: str) -> None:
     The lab's pg_hba.conf says scram-sha-256, which refuses a role whose stored password is MD5."""
     sed = [f"/{HBA_MARK}/d"]
     if auth == "md5":
-        sed.append(f"1i host {DB} {OWNER} {LAB_NETWORK} md5 {HBA_MARK}")
+        sed.append(f"1i host {DB} {OWNER} {lab.lab_network()} md5 {HBA_MARK}")
     lab.shell(
         PG,
         "f=$(ls /etc/postgresql/*/main/pg_hba.conf); "
@@ -202,13 +202,16 @@ def _teardown_postgres() -> None:
     lab.ssh(PG, ["sudo", "-u", "postgres", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"], stdin=sql)
 
 
-def _setup_pooler(userlist: str, scale: int, auth: str, bare_pool_size: int) -> None:
-    lines = "".join(f"{t.host}:{t.port}:{DB}:{t.user}:{PASSWORD}\n" for t in TARGETS.values())
+def _setup_pooler(
+    all_targets: dict[str, Target], userlist: str, scale: int, auth: str, bare_pool_size: int
+) -> None:
+    pg_address = all_targets["direct"].host
+    lines = "".join(f"{t.host}:{t.port}:{DB}:{t.user}:{PASSWORD}\n" for t in all_targets.values())
     lab.ssh(POOLER, ["install", "-m", "0600", "/dev/stdin", PGPASS], stdin=lines)
     lab.shell(
         POOLER,
-        f"PGPASSFILE={PGPASS} pgbench -i -q -s {scale} -h {PG_ADDR} -U {OWNER} {DB} >/dev/null 2>&1"
-        f" || {{ PGPASSFILE={PGPASS} pgbench -i -q -s {scale} -h {PG_ADDR} -U {OWNER} {DB}; exit 1; }}",
+        f"PGPASSFILE={PGPASS} pgbench -i -q -s {scale} -h {pg_address} -U {OWNER} {DB} >/dev/null 2>&1"
+        f" || {{ PGPASSFILE={PGPASS} pgbench -i -q -s {scale} -h {pg_address} -U {OWNER} {DB}; exit 1; }}",
     )
     lab.ssh(POOLER, ["sudo", "install", "-d", "-m", "0750", "-o", "root", "-g", "pgbouncer", BARE_DIR])
     bare_ini = BARE_INI.format(auth=auth, pool_size=bare_pool_size)
@@ -319,18 +322,23 @@ def run_pgbench(
     return report, latencies_us(log_text.splitlines()), cpu
 
 
-def matrix(
-    targets: Sequence[str], clients: Sequence[int], modes: Sequence[str], reps: int, shape: RunShape
+def matrix(  # noqa: PLR0917
+    all_targets: dict[str, Target],
+    targets: Sequence[str],
+    clients: Sequence[int],
+    modes: Sequence[str],
+    reps: int,
+    shape: RunShape,
 ) -> dict[tuple[str, str, int], Cell]:
     """Alternate: for each repetition, for each (mode, clients), every target in turn (A,B,C,A,B,C,...)."""
     cells: dict[tuple[str, str, int], Cell] = {}
     for target in targets:  # warm-up: fill pools, caches and pgbench's page cache, not recorded
-        run_pgbench(TARGETS[target], 8, False, RunShape(2, shape.threads, shape.sslmode, shape.hold_ms))
+        run_pgbench(all_targets[target], 8, False, RunShape(2, shape.threads, shape.sslmode, shape.hold_ms))
     for rep in range(reps):
         for mode in modes:
             for n in clients:
                 for name in targets:
-                    report, lat, cpu = run_pgbench(TARGETS[name], n, mode == "-C", shape)
+                    report, lat, cpu = run_pgbench(all_targets[name], n, mode == "-C", shape)
                     summary = parse_summary(report)
                     if summary.failed:
                         raise RuntimeError(f"{name} {mode} {n}: {summary.failed} failed transactions")
@@ -356,6 +364,7 @@ def main(  # noqa: PLR0917
 ) -> str:
     modes = ["persistent", "-C"]
     lab.labctl("up")  # idempotent; after `make test` the lab may be down or fresh
+    all_targets = target_table(lab.address(PG))
     lab.log("postgres.yml (the lab's PostgreSQL with the example's backends)")
     lab.playbook("lab/playbooks/postgres.yml")
     with tempfile.TemporaryDirectory(prefix="autopgpool-bench-") as tmp:
@@ -368,11 +377,11 @@ def main(  # noqa: PLR0917
             lab.playbook("playbooks/site.yml", extra_vars_file=extra)
             lab.log(f"pool1: pgbench -i -s {scale}, bare pgbouncer on 127.0.0.1:{BARE_PORT}")
             _teardown_pooler()  # leftovers of an interrupted run
-            _setup_pooler(userlist, scale, auth, bare_pool_size)
+            _setup_pooler(all_targets, userlist, scale, auth, bare_pool_size)
             if "variant" in targets:
                 lab.log(f"pool1: HAProxy variant on :{VARIANT_PORT}: {[*haproxy_global, *haproxy_defaults]}")
                 _start_variant(haproxy_global, haproxy_defaults, unix=variant_unix)
-            cells = matrix(targets, clients, modes, reps, shape)
+            cells = matrix(all_targets, targets, clients, modes, reps, shape)
         finally:
             lab.log("restore: stop the bare pgbouncer, redeploy the example, drop the bench database")
             _teardown_pooler()
