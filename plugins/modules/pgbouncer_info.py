@@ -124,6 +124,12 @@ restart_settings:
   description: The restart-only settings the last run recorded, or null.
   returned: always
   type: raw
+client_tls_sslmode:
+  description: >-
+    The client_tls_sslmode the installed pgbouncer.ini sets (C(disable) when it sets none, "" without the
+    file). Read before a run changes files, it is the mode the running instances answer clients with.
+  returned: always
+  type: str
 instances:
   description: What systemd and the process say of each instance of I(instances), by number (as a string).
   returned: with instances
@@ -222,6 +228,33 @@ def recorded_settings(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
+    except FileNotFoundError:
+        return None
+
+
+def client_tls_sslmode(ini: str | None) -> str:
+    """The client_tls_sslmode a shared pgbouncer.ini sets ("" without the file, pgbouncer's default "disable"
+    when it sets none): the last assignment in a [pgbouncer] section wins, as in pgbouncer's own parser."""
+    if ini is None:
+        return ""
+    mode, section = "disable", ""
+    for raw in ini.splitlines():
+        line = raw.strip()
+        if not line or line[0] in ";#":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip().lower()
+            continue
+        key, sep, value = line.partition("=")
+        if sep and section == "pgbouncer" and key.strip().lower() == "client_tls_sslmode":
+            mode = value.strip().lower()
+    return mode
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
     except FileNotFoundError:
         return None
 
@@ -417,6 +450,7 @@ def run(params: Mapping[str, Any], *, systemctl: Run = _systemctl, proc: str = "
             config_dir, params.get("wants_dir") or "/etc/systemd/system/multi-user.target.wants"
         ),
         "restart_settings": recorded_settings(params["restart_settings_path"]),
+        "client_tls_sslmode": client_tls_sslmode(read_text(os.path.join(config_dir, "pgbouncer.ini"))),
     }
     wanted = [int(n) for n in params.get("instances") or []]
     if not wanted:

@@ -136,7 +136,7 @@ def _files(
     tls_settings, _ = _tls(config, tls, config_dir)
     ini = render_ini(config, config_dir=config_dir, extra_settings=tls_settings)
     _check_sections(ini)
-    return {
+    files = {
         "pgbouncer.ini": ini,
         "userlist.txt": render_userlist(
             config, salt_key=_salt_bytes(salt_key), previous_userlist=previous_userlist
@@ -145,6 +145,25 @@ def _files(
             config, network=net, client_tls_required=tls_settings["client_tls_sslmode"] in CLIENT_TLS_REQUIRED
         ),
     }
+    return files
+
+
+def _tls_on_step(config: Config, tls: Mapping[str, Any] | None, config_dir: str) -> dict[str, str]:
+    """{TLS_ON_STEP: pgbouncer.ini with client_tls_sslmode = prefer} when the plan requires client TLS."""
+    tls_settings, _ = _tls(config, tls, config_dir)
+    if tls_settings["client_tls_sslmode"] not in CLIENT_TLS_REQUIRED:
+        return {}
+    step = {**tls_settings, "client_tls_sslmode": "prefer"}
+    return {TLS_ON_STEP: render_ini(config, config_dir=config_dir, extra_settings=step)}
+
+
+# Not a file of its own: pgbouncer.ini with client_tls_sslmode = prefer, which the pgbouncer role deploys and
+# reloads first when it turns client TLS on for running instances (roles/pgbouncer/tasks/tls_on.yml). A client
+# whose SSLRequest an instance answered 'N' sends its startup packet in plaintext; an instance that reloaded
+# to `require` in between would refuse it ("SSL required"). Under `prefer` every new client is offered TLS and
+# plaintext is still accepted, so the reload to the planned mode a moment later finds no plaintext handshake
+# in flight.
+TLS_ON_STEP = "pgbouncer.ini:tls-on-step"
 
 
 def _check_sections(ini: str) -> None:
@@ -229,9 +248,9 @@ def deployment_plan(
     runtime_root: str = DEFAULT_RUNTIME_ROOT,
 ) -> dict[str, Any]:
     """Everything a run deploys, from one parse: ``summary`` (:func:`summarize`, no secret), ``files``
-    (:func:`render_files`: holds secrets) and ``hosts``: for each pooler host of ``instances``, its instance
-    numbers and the endpoints HAProxy balances over (address, TCP port ``base_ports[host]`` + N, unix socket
-    under ``runtime_root``/N).
+    (:func:`render_files`: holds secrets; when client TLS is required also :data:`TLS_ON_STEP`) and
+    ``hosts``: for each pooler host of ``instances``, its instance numbers and the endpoints HAProxy balances
+    over (address, TCP port ``base_ports[host]`` + N, unix socket under ``runtime_root``/N).
     """
     check_config_dir(config_dir)
     budget = budget_plan(toml_text, secrets, instances=instances, scope=scope, servers=servers)
@@ -262,7 +281,8 @@ def deployment_plan(
             config_dir=config_dir,
             salt_key=salt_key,
             previous_userlist=None,
-        ),
+        )
+        | _tls_on_step(budget.config, tls, config_dir),
         "hosts": hosts,
     }
 

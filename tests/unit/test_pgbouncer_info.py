@@ -351,4 +351,36 @@ def test_run_reads_and_decides(tmp_path: Path, child: tuple[subprocess.Popen[str
     first = info.run(
         {"config_dir": str(config), "restart_settings_path": str(settings)}, systemctl=_systemctl(answers)
     )
-    assert set(first) == {"changed", "active", "configured", "present", "restart_settings"}
+    assert set(first) == {
+        "changed",
+        "active",
+        "configured",
+        "present",
+        "restart_settings",
+        "client_tls_sslmode",
+    }
+
+
+# --- The client TLS mode the running instances answer with (tls_on.yml steps through prefer) --------------
+
+
+def test_client_tls_sslmode_of_the_installed_file() -> None:
+    assert info.client_tls_sslmode(None) == ""
+    assert (
+        info.client_tls_sslmode("[databases]\napp = host=pg1\n[pgbouncer]\nlisten_port = 6432\n") == "disable"
+    )
+    ini = "[pgbouncer]\nclient_tls_sslmode = prefer\n;client_tls_sslmode = disable\nCLIENT_TLS_SSLMODE=On\n"
+    assert info.client_tls_sslmode(ini) == "on"
+
+
+def test_client_tls_sslmode_outside_the_pgbouncer_section_is_not_a_setting() -> None:
+    ini = "[databases]\nclient_tls_sslmode = host=pg1 dbname=x\n[pgbouncer]\nauth_type = hba\n"
+    assert info.client_tls_sslmode(ini) == "disable"
+    assert info.client_tls_sslmode("[pgbouncer]\n  # client_tls_sslmode = require\n") == "disable"
+
+
+def test_run_reads_the_mode_of_the_shared_file(tmp_path: Path) -> None:
+    params = {"config_dir": str(tmp_path), "restart_settings_path": str(tmp_path / "restart-settings.json")}
+    assert info.run(params, systemctl=lambda args: "")["client_tls_sslmode"] == ""
+    (tmp_path / "pgbouncer.ini").write_text("[pgbouncer]\nclient_tls_sslmode = verify-full\n")
+    assert info.run(params, systemctl=lambda args: "")["client_tls_sslmode"] == "verify-full"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from autopgpool import ConfigError, render_files, summarize
+from autopgpool import ConfigError, deployment_plan, render_files, summarize
+from autopgpool.api import TLS_ON_STEP
 from autopgpool.tls import check_ca, check_client_tls
 
 # The lab's CA code makes the certificates (the same code that makes the lab's, tested here on the way).
@@ -162,3 +163,26 @@ def test_the_inventory_can_turn_tls_on_and_the_toml_must_not_contradict_it() -> 
     with pytest.raises(ConfigError) as err:
         summarize(EXAMPLE, DEMO_ENV, tls={**inventory, "server_sslmode": "verify_full"})
     assert "pgbouncer_server_tls_sslmode: expected one of" in str(err.value)
+
+
+ONE_HOST = {"instances": {"pool1": 2}, "base_ports": {"pool1": 6432}}
+
+
+@pytest.mark.parametrize("mode", ["require", "verify-ca", "verify-full"])
+def test_a_plan_requiring_client_tls_carries_the_prefer_step(mode: str) -> None:
+    """Turning client TLS on under load goes through `prefer` (roles/pgbouncer/tasks/tls_on.yml): the step is
+    the planned pgbouncer.ini with only client_tls_sslmode changed."""
+    tls = {"client_sslmode": mode, "client": True, "server_ca": True, "client_ca": mode != "require"}
+    plan = deployment_plan(EXAMPLE, DEMO_ENV, salt_key="k" * 32, tls=tls, **ONE_HOST)
+    final, step = plan["files"]["pgbouncer.ini"], plan["files"][TLS_ON_STEP]
+    assert f"\nclient_tls_sslmode = {mode}\n" in final
+    assert step == final.replace(f"\nclient_tls_sslmode = {mode}\n", "\nclient_tls_sslmode = prefer\n")
+    assert set(plan["files"]) == {"pgbouncer.ini", "userlist.txt", "pgbouncer_hba.conf", TLS_ON_STEP}
+
+
+@pytest.mark.parametrize("mode", ["disable", "allow", "prefer"])
+def test_a_plan_that_accepts_plaintext_has_no_step(mode: str) -> None:
+    tls = {"client_sslmode": mode, "client": mode != "disable", "server_ca": True}
+    assert (
+        TLS_ON_STEP not in deployment_plan(EXAMPLE, DEMO_ENV, salt_key="k" * 32, tls=tls, **ONE_HOST)["files"]
+    )
