@@ -260,7 +260,7 @@ def deployment_plan(
     ports = dict(base_ports or {})
     hosts = {}
     for host, count in budget.fleet.instances.items():
-        base = _as_port(ports.get(host), host)
+        base = _as_port(ports.get(host), host, count)
         hosts[host] = {
             "instances": list(range(1, count + 1)),
             "endpoints": [
@@ -290,14 +290,21 @@ def deployment_plan(
     }
 
 
-def _as_port(value: Any, host: str) -> int:
+def _as_port(value: Any, host: str, instances: int) -> int:
+    """The host's base port: instance N listens on base + N, so every one of them must be a port too."""
     try:
-        port = int(value)
-    except (TypeError, ValueError):
+        port = int(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else 0
+    except ValueError:
         port = 0
-    if isinstance(value, bool) or not 1024 <= port <= 65535:
+    if not 1024 <= port <= 65535 - instances:
         raise ConfigError(
-            [Problem("pgbouncer_base_port", f"expected a port from 1024 to 65535 for host {host}")]
+            [
+                Problem(
+                    "pgbouncer_base_port",
+                    f"expected a port from 1024 to {65535 - instances} for host {host} "
+                    f"(its {instances} instances listen on the next ports)",
+                )
+            ]
         )
     return port
 

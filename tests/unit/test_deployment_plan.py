@@ -39,7 +39,9 @@ def test_each_host_gets_its_instances_and_endpoints() -> None:
 
 
 def test_a_missing_or_bad_base_port_names_the_variable_and_host() -> None:
-    for ports in ({"pool1": 6432}, {"pool1": 6432, "pool2": "x"}, {"pool1": 6432, "pool2": 80}):
+    bad = ({"pool1": 6432}, {"pool1": 6432, "pool2": "x"}, {"pool1": 6432, "pool2": 80},
+           {"pool1": 6432, "pool2": 65533}, {"pool1": 6432, "pool2": 6432.5}, {"pool1": 6432, "pool2": True})  # fmt: skip
+    for ports in bad:
         with pytest.raises(ConfigError, match=r"pgbouncer_base_port: .* for host pool2"):
             deployment_plan(EXAMPLE, DEMO_ENV, instances=FLEET, servers=SERVERS, base_ports=ports)
 
