@@ -39,9 +39,8 @@ def test_each_host_gets_its_instances_and_endpoints() -> None:
 
 
 def test_a_missing_or_bad_base_port_names_the_variable_and_host() -> None:
-    bad = ({"pool1": 6432}, {"pool1": 6432, "pool2": "x"}, {"pool1": 6432, "pool2": 80},
-           {"pool1": 6432, "pool2": 65533}, {"pool1": 6432, "pool2": 6432.5}, {"pool1": 6432, "pool2": True})  # fmt: skip
-    for ports in bad:
+    for pool2 in (None, "x", 80, 65533, 6432.5, True):
+        ports = {"pool1": 6432} if pool2 is None else {"pool1": 6432, "pool2": pool2}
         with pytest.raises(ConfigError, match=r"pgbouncer_base_port: .* for host pool2"):
             deployment_plan(EXAMPLE, DEMO_ENV, instances=FLEET, servers=SERVERS, base_ports=ports)
 
