@@ -10,6 +10,8 @@ import time
 import psycopg
 import pytest
 
+from autopgpool.frontdoor import haproxy_limits
+
 from .stack import Host, example_config, haproxy_admin, poolers, postgres_host
 
 pytestmark = pytest.mark.e2e
@@ -208,6 +210,7 @@ def test_haproxy_runs_only_on_poolers() -> None:
     assert state.split() == ["disabled", "inactive"], state
 
 
+@pytest.mark.parametrize("host", POOLERS, ids=lambda h: h.name)
 def test_haproxy_limits_are_the_tomls_max_client_conn_times_the_instances(host: Host) -> None:
     """What an operator checks after raising max_client_conn: each instance's slot in HAProxy is exactly the
     TOML's number, the frontend admits that times the host's instances, and the unit's descriptor limit and
@@ -227,5 +230,6 @@ def test_haproxy_limits_are_the_tomls_max_client_conn_times_the_instances(host: 
     assert int(global_.group(1)) > per_instance * instances
     nofile = int(host.run("systemctl show -P LimitNOFILE haproxy.service").strip())
     assert nofile >= 2 * per_instance * instances
+    assert nofile == haproxy_limits(per_instance, instances)["file_descriptor_limit"]
     assert nofile == int(host.run("cat /proc/$(systemctl show -P MainPID haproxy.service)/limits | "
                                   "awk '/Max open files/ {print $4}'").strip())  # fmt: skip
