@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from .stack import EXAMPLE_CONFIG, Host, ansible_playbook, demo_secrets, example_config, poolers
+from .stack import EXAMPLE_CONFIG, Host, ansible_playbook, demo_secrets, example_config, poolers, task_ran
 
 pytestmark = pytest.mark.e2e
 
