@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from .stack import Host, example_config, haproxy_admin, poolers, postgres_host
+from .stack import SHOW_STAT_SH, Host, example_config, haproxy_admin, poolers, postgres_host
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +21,7 @@ except AssertionError:  # lab down: test_clients.test_the_lab_is_up fails loudly
 
 
 def _server_states(host: Host) -> dict[str, str]:
-    out = host.run("echo 'show stat' | socat stdio /run/haproxy/admin.sock")
+    out = haproxy_admin(host, "show stat")
     states = {}
     for line in out.splitlines():
         fields = line.split(",")
@@ -37,7 +37,7 @@ def _seconds_until(host: Host, action: str, server: str, wanted: str, limit: flo
     out = host.run(
         f"{action}; start=$(date +%s%N); "
         "while :; do "
-        "state=$(echo 'show stat' | socat stdio /run/haproxy/admin.sock "
+        f"state=$({SHOW_STAT_SH} "
         f'| awk -F, \'$1 == "pgbouncer_instances" && $2 == "{server}" {{ print $18 }}\'); '
         "now=$(date +%s%N); "
         "ms=$(( (now - start) / 1000000 )); "
