@@ -301,10 +301,10 @@ def _prune(suite: str, keep: Path) -> None:
 
 
 def _servers() -> list[list[str]]:
-    return [read_cmdline(pid) for pid in _server_pids()]
+    return [read_cmdline(pid) for pid in server_pids()]
 
 
-def _server_pids() -> list[int]:
+def server_pids() -> list[int]:
     """This slot's mirror servers: Python's http.server bound to the slot's bridge address."""
     found = []
     for pid in all_pids():
@@ -324,7 +324,7 @@ def serve(root: Path, log: Path) -> bool:
     if not link.is_symlink() or link.readlink() != root:
         link.unlink(missing_ok=True)
         link.symlink_to(root)
-    for pid in _server_pids():
+    for pid in server_pids():
         if str(docroot) in read_cmdline(pid):
             return False
         stop()
@@ -367,7 +367,7 @@ def serve(root: Path, log: Path) -> bool:
 
 
 def stop() -> None:
-    pids = _server_pids()
+    pids = server_pids()
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
