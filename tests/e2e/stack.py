@@ -204,6 +204,13 @@ def haproxy_admin(host: Host, command: str, socket_path: str = "/run/haproxy/adm
     return host.run(f"python3 - {shlex.quote(command)} {shlex.quote(socket_path)}", stdin=_ADMIN_COMMAND)
 
 
+# `show stat` as a shell command, for loops timed on the host itself (Python's standard library: the hosts
+# have no socat, which no role installs).
+SHOW_STAT_SH = (
+    'python3 -c \'import socket; s = socket.socket(socket.AF_UNIX); s.connect("/run/haproxy/admin.sock"); '
+    's.sendall(b"show stat\\n"); s.shutdown(socket.SHUT_WR); print(s.makefile().read(), end="")\''
+)
+
 _ADMIN_COMMAND = """
 import socket, sys
 with socket.socket(socket.AF_UNIX) as sock:
