@@ -98,6 +98,8 @@ def test_mirror_reads_each_suites_packages_from_the_roles() -> None:
     assert "libssl3t64" not in bookworm
     assert "libssl3t64" in trixie
     assert "libssl3" not in trixie
+    # pgbench for make bench (lab_pgbench): in the server package of each release's PostgreSQL.
+    assert ("postgresql-15" in bookworm, "postgresql-17" in trixie) == (True, True)
 
 
 def test_mirror_refuses_a_role_package_that_is_no_package_name(tmp_path: Path) -> None:
