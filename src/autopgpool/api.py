@@ -10,6 +10,7 @@ from . import defaults
 from .budget import DEFAULT_SCOPE, Plan, make_fleet, make_limits, plan, server_key
 from .config import parse_config
 from .errors import ConfigError, Problem
+from .frontdoor import haproxy_limits
 from .model import Config
 from .network import INSTANCE_ADDRESS, InstanceNetwork, plan_network
 from .pgbouncer_settings import needs_restart
@@ -249,8 +250,9 @@ def deployment_plan(
 ) -> dict[str, Any]:
     """Everything a run deploys, from one parse: ``summary`` (:func:`summarize`, no secret), ``files``
     (:func:`render_files`: holds secrets; when client TLS is required also :data:`TLS_ON_STEP`) and
-    ``hosts``: for each pooler host of ``instances``, its instance numbers and the endpoints HAProxy balances
-    over (address, TCP port ``base_ports[host]`` + N, unix socket under ``runtime_root``/N).
+    ``hosts``: for each pooler host of ``instances``, its instance numbers, the endpoints HAProxy balances
+    over (address, TCP port ``base_ports[host]`` + N, unix socket under ``runtime_root``/N) and HAProxy's
+    numbers (frontdoor.haproxy_limits).
     """
     check_config_dir(config_dir)
     budget = budget_plan(toml_text, secrets, instances=instances, scope=scope, servers=servers)
@@ -258,7 +260,7 @@ def deployment_plan(
     ports = dict(base_ports or {})
     hosts = {}
     for host, count in budget.fleet.instances.items():
-        base = _as_port(ports.get(host), host)
+        base = _as_port(ports.get(host), host, count)
         hosts[host] = {
             "instances": list(range(1, count + 1)),
             "endpoints": [
@@ -271,6 +273,7 @@ def deployment_plan(
                 }
                 for n in range(1, count + 1)
             ],
+            "haproxy": haproxy_limits(summary["max_client_conn"], count),
         }
     return {
         "summary": summary,
@@ -287,14 +290,21 @@ def deployment_plan(
     }
 
 
-def _as_port(value: Any, host: str) -> int:
+def _as_port(value: Any, host: str, instances: int) -> int:
+    """The host's base port: instance N listens on base + N, so every one of them must be a port too."""
     try:
-        port = int(value)
-    except (TypeError, ValueError):
+        port = int(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else 0
+    except ValueError:
         port = 0
-    if isinstance(value, bool) or not 1024 <= port <= 65535:
+    if not 1024 <= port <= 65535 - instances:
         raise ConfigError(
-            [Problem("pgbouncer_base_port", f"expected a port from 1024 to 65535 for host {host}")]
+            [
+                Problem(
+                    "pgbouncer_base_port",
+                    f"expected a port from 1024 to {65535 - instances} for host {host} "
+                    f"(its {instances} instances listen on the next ports)",
+                )
+            ]
         )
     return port
 

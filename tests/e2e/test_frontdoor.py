@@ -210,3 +210,26 @@ def test_haproxy_runs_only_on_poolers() -> None:
         "unknown ok not-installed",
     )
     assert host.run("systemctl is-active haproxy.service", check=False).split() == ["inactive"]
+
+
+def test_haproxy_limits_are_the_tomls_max_client_conn_times_the_instances(host: Host) -> None:
+    """What an operator checks after raising max_client_conn: each instance's slot in HAProxy is exactly the
+    TOML's number, the frontend admits that times the host's instances, and the unit's descriptor limit and
+    the global maxconn leave room for them."""
+    per_instance = example_config().int_setting("max_client_conn")
+    instances = len(host.run("ls /etc/pgbouncer | grep -E '^instance-[0-9]+[.]ini$'").split())
+    cfg = host.run("cat /etc/haproxy/haproxy.cfg")
+    frontend = re.search(r"\nfrontend pgbouncer\n(?:    .*\n)*?    maxconn (\d+)\n", cfg)
+    server = re.search(r"\n    default-server .* maxconn (\d+) ", cfg)
+    global_ = re.search(r"\nglobal\n(?:    .*\n)*?    maxconn (\d+)\n", cfg)
+    assert instances >= 1
+    assert frontend, cfg
+    assert server, cfg
+    assert global_, cfg
+    assert int(server.group(1)) == per_instance
+    assert int(frontend.group(1)) == per_instance * instances
+    assert int(global_.group(1)) > per_instance * instances
+    nofile = int(host.run("systemctl show -P LimitNOFILE haproxy.service").strip())
+    assert nofile >= 2 * per_instance * instances
+    assert nofile == int(host.run("cat /proc/$(systemctl show -P MainPID haproxy.service)/limits | "
+                                  "awk '/Max open files/ {print $4}'").strip())  # fmt: skip

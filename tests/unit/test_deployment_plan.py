@@ -39,7 +39,8 @@ def test_each_host_gets_its_instances_and_endpoints() -> None:
 
 
 def test_a_missing_or_bad_base_port_names_the_variable_and_host() -> None:
-    for ports in ({"pool1": 6432}, {"pool1": 6432, "pool2": "x"}, {"pool1": 6432, "pool2": 80}):
+    for pool2 in (None, "x", 80, 65533, 6432.5, True):
+        ports = {"pool1": 6432} if pool2 is None else {"pool1": 6432, "pool2": pool2}
         with pytest.raises(ConfigError, match=r"pgbouncer_base_port: .* for host pool2"):
             deployment_plan(EXAMPLE, DEMO_ENV, instances=FLEET, servers=SERVERS, base_ports=ports)
 
@@ -47,3 +48,22 @@ def test_a_missing_or_bad_base_port_names_the_variable_and_host() -> None:
 def test_a_bad_configuration_raises_before_anything_is_planned() -> None:
     with pytest.raises(ConfigError, match="listen_port"):
         deployment_plan(EXAMPLE.replace("listen_port = 6432", 'listen_port = "x"'), DEMO_ENV, instances=FLEET)
+
+
+def test_haproxy_limits_follow_max_client_conn_and_the_host_instances() -> None:
+    """The numbers the haproxy role writes (haproxy.cfg's maxconn lines, the unit's LimitNOFILE, nbthread):
+    an instance takes max_client_conn sessions, the frontend that times the host's instances."""
+    toml = EXAMPLE.replace("max_client_conn = 500", "max_client_conn = 700", 1)
+    plan = deployment_plan(
+        toml, DEMO_ENV, instances={"pool1": 1, "pool2": 4}, servers=SERVERS,
+        base_ports={"pool1": 6432, "pool2": 6432},
+    )  # fmt: skip
+    assert plan["summary"]["max_client_conn"] == 700
+    assert plan["hosts"]["pool1"]["haproxy"] == {
+        "server_maxconn": 700, "frontend_maxconn": 700, "global_maxconn": 800,
+        "file_descriptor_limit": 2400, "nbthread": 1,
+    }  # fmt: skip
+    assert plan["hosts"]["pool2"]["haproxy"] == {
+        "server_maxconn": 700, "frontend_maxconn": 2800, "global_maxconn": 2900,
+        "file_descriptor_limit": 6600, "nbthread": 2,
+    }  # fmt: skip
