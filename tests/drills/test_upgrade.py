@@ -14,6 +14,7 @@ import time
 import pytest
 
 from e2e.stack import Host
+from integration.pgbouncer_build import release_table
 
 from .fleet import fleet_versions, playbook
 from .load import Load
@@ -21,7 +22,7 @@ from .load import Load
 pytestmark = pytest.mark.drill
 
 OLD = "1.24.1"
-NEW = "1.25.2"
+NEW = release_table()["pgbouncer_build_pinned_version"]
 
 
 COMPILE_TASK = "TASK [autopgpool.pool.pgbouncer_build : Compile as the build user]"

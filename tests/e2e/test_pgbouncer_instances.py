@@ -22,10 +22,12 @@ import pytest
 from autopgpool.api import file_descriptor_limit
 from autopgpool.budget import make_fleet, plan
 from autopgpool.model import Config
+from integration.pgbouncer_build import release_table
 
 pytestmark = pytest.mark.e2e
 
-VERSION = "1.25.2"
+# The pinned release, from the role's release table (the one place the pin lives).
+VERSION = release_table()["pgbouncer_build_pinned_version"]
 BASE_PORT = 6400
 MAX_EXPOSURE = 1.2
 CANCEL_ROUNDS = 20
