@@ -10,6 +10,8 @@ import time
 import psycopg
 import pytest
 
+from autopgpool.frontdoor import haproxy_limits
+
 from .stack import SHOW_STAT_SH, Host, example_config, haproxy_admin, poolers, postgres_host
 
 pytestmark = pytest.mark.e2e
@@ -231,5 +233,6 @@ def test_haproxy_limits_are_the_tomls_max_client_conn_times_the_instances(host: 
     assert int(global_.group(1)) > per_instance * instances
     nofile = int(host.run("systemctl show -P LimitNOFILE haproxy.service").strip())
     assert nofile >= 2 * per_instance * instances
+    assert nofile == haproxy_limits(per_instance, instances)["file_descriptor_limit"]
     assert nofile == int(host.run("cat /proc/$(systemctl show -P MainPID haproxy.service)/limits | "
                                   "awk '/Max open files/ {print $4}'").strip())  # fmt: skip
