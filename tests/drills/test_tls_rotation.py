@@ -20,7 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from e2e.stack import REPO, Host, example_config
+from e2e.stack import REPO, Host, example_config, task_ran
 
 from .fleet import assert_fleet_healthy, fleet_pids, haproxy_servers, playbook
 from .load import Load
@@ -99,7 +99,9 @@ def test_certificate_rotation_is_a_reload_under_load(poolers: list[Host], tmp_pa
     print(f"\nDRILL tls-rotation: site.yml took {took:.0f} s; {load.summary()}")
     if load.failures:
         print(load.failure_lines())
-    assert "Reload pgbouncer instances" in result.stdout
+    assert task_ran(result.stdout, "Reload pgbouncer instances"), (
+        "the new certificate was not applied by a reload"
+    )
     assert after == before, f"an instance was restarted: before {before}, after {after}"
     assert served == new, f"served serials {served}, expected the new ones {new} (old {old})"
     assert load.transactions > 0
@@ -138,8 +140,8 @@ def test_turning_client_tls_off_and_on_fails_nothing(poolers: list[Host]) -> Non
     if load.failures:
         print(load.failure_lines())
     assert plain, "with client TLS off a plaintext client was refused"
-    assert "Pause HAProxy's health checks" in off.stdout
-    assert "Reload the running instances with TLS offered" in on.stdout, (
+    assert task_ran(off.stdout, "Pause HAProxy's health checks"), "HAProxy's checks were not paused"
+    assert task_ran(on.stdout, "Reload the running instances with TLS offered"), (
         "TLS required without the prefer step"
     )
     assert fleet_pids(poolers) == before, "an instance was restarted"

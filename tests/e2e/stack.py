@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -290,3 +291,20 @@ def console_samples(
 def console_rows(host: Host, target: str, port: int, user: str, password: str, command: str) -> Rows:
     """Rows of one console command on the host, e.g. ``SHOW POOLS`` on 127.0.0.1 or /run/pgbouncer/1."""
     return console_samples(host, [(target, port)], user, password, command)[0][1]
+
+
+# --- What a playbook run did --------------------------------------------------------------------------------
+
+
+def task_ran(output: str, task: str) -> bool:
+    """Whether a task whose name starts with ``task`` did something on some host (ansible-playbook's default
+    output). Its header is printed even when every host skipped it, so the header alone proves nothing: one
+    of its sections must report a host ``changed``, ``ok`` or ``included``."""
+    for section in re.split(r"\n(?=TASK \[|RUNNING HANDLER \[|PLAY )", output):
+        if not section.startswith("TASK ["):
+            continue
+        header, _, body = section.partition("\n")
+        name = header[len("TASK [") :].rsplit("]", 1)[0].split(" : ", 1)[-1]
+        if name.startswith(task) and re.search(r"^(changed|ok): \[|^included: ", body, re.MULTILINE):
+            return True
+    return False

@@ -18,6 +18,7 @@ from .stack import (
     example_config,
     haproxy_admin,
     poolers,
+    task_ran,
 )
 
 pytestmark = pytest.mark.e2e
@@ -103,7 +104,9 @@ def test_password_change_is_applied_by_reload(tmp_path: Path) -> None:
     try:
         result = ansible_playbook("playbooks/site.yml", "-e", f"@{extra}")
         assert result.returncode == 0, result.stdout[-3000:]
-        assert "Reload pgbouncer instances" in result.stdout
+        assert task_ran(result.stdout, "Reload pgbouncer instances"), (
+            "the rotated password was not applied by a reload"
+        )
         assert "rotated-app-user-pw" not in result.stdout + result.stderr
         for host in POOLERS:
             assert _pids(host) == before[host.name], f"{host.name}: an instance was restarted"
