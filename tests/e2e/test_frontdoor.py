@@ -214,6 +214,7 @@ def test_haproxy_runs_only_on_poolers() -> None:
     assert host.run("systemctl is-active haproxy.service", check=False).split() == ["inactive"]
 
 
+@pytest.mark.parametrize("host", POOLERS, ids=lambda h: h.name)
 def test_haproxy_limits_are_the_tomls_max_client_conn_times_the_instances(host: Host) -> None:
     """What an operator checks after raising max_client_conn: each instance's slot in HAProxy is exactly the
     TOML's number, the frontend admits that times the host's instances, and the unit's descriptor limit and
