@@ -1,6 +1,6 @@
-"""The haproxy role's own first check, run by a real ansible-playbook on localhost: without the pgbouncer role's
-plan for the host it stops with a message naming what to do, and the removed haproxy_server_maxconn is refused
-by name instead of being ignored."""
+"""The haproxy role's own first check, run by a real ansible-playbook on localhost: without the pgbouncer
+role's plan for the host it stops with a message naming what to do, and the removed haproxy_server_maxconn is
+refused by name instead of being ignored."""
 
 from __future__ import annotations
 
