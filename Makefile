@@ -15,10 +15,11 @@ LAB_INVENTORY := -i .lab/inventory.yml -i inventories/lab
 AUTOPGPOOL_LAB_SLOT ?= 0
 LAB_LOCK := flock /run/lock/autopgpool-lab$(filter-out 0,$(AUTOPGPOOL_LAB_SLOT)).lock
 
-# Controller packages: the lab (debootstrap, nspawn, bridge, ssh), the pinned pgbouncer build and a
+# Controller packages: the lab (debootstrap, nspawn, bridge, ssh; dpkg-scanpackages and PyYAML for its package
+# mirror, which reads the roles' package lists), the pinned pgbouncer build and a
 # PostgreSQL server for the integration tests, HAProxy for the admin-socket module tests, Prometheus for
 # promtool (the alert rules' checks and unit tests; its server is not run on the controller).
-APT_PACKAGES := debootstrap systemd-container iproute2 openssh-client rsync curl ca-certificates \
+APT_PACKAGES := debootstrap systemd-container iproute2 openssh-client rsync curl ca-certificates dpkg-dev python3-yaml \
 	build-essential pkg-config libevent-dev libssl-dev libc-ares-dev libsystemd-dev \
 	postgresql postgresql-client postgresql-contrib python3-venv haproxy prometheus
 

@@ -367,6 +367,8 @@ def main(  # noqa: PLR0917
     all_targets = target_table(lab.address(PG))
     lab.log("postgres.yml (the lab's PostgreSQL with the example's backends)")
     lab.playbook("lab/playbooks/postgres.yml")
+    lab.log(f"bench.yml (pgbench on {POOLER}, from the lab mirror: the hosts are fresh servers)")
+    lab.playbook("lab/playbooks/bench.yml")
     with tempfile.TemporaryDirectory(prefix="autopgpool-bench-") as tmp:
         extra, userlist = _overlay_files(Path(tmp), auth, client_tls)
         try:

@@ -1,4 +1,4 @@
-"""Command line: labctl image | up | down | status | ssh HOST [cmd]."""
+"""Command line: labctl image | mirror | up | down | status | ssh HOST [cmd]."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import config
+from . import config, mirror
 from .image import build_image
 from .machines import Paths, boot, down, poweroff, status, up
 from .system import LabError
@@ -19,6 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     image = sub.add_parser("image", help="build the cached base image (once per suite/package list)")
     image.add_argument("--suite", default=config.DEFAULT_SUITE, choices=config.SUPPORTED_SUITES)
     image.add_argument("--force", action="store_true", help="rebuild even if cached")
+    repo = sub.add_parser("mirror", help="collect (or reuse) the package mirror of a suite without booting")
+    repo.add_argument("--suite", default=config.DEFAULT_SUITE, choices=config.SUPPORTED_SUITES)
     start = sub.add_parser("up", help="boot pg1 and the poolers (idempotent)")
     start.add_argument(
         "--machines", type=int, default=2, metavar="N_POOLERS", help="number of pooler hosts (default 2)"
@@ -42,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "image":
             build_image(args.suite, force=args.force)
+        elif args.command == "mirror":
+            print(f"lab mirror: {mirror.collect(args.suite, build_image(args.suite))}")
         elif args.command == "up":
             up(args.machines, args.suite, paths)
         elif args.command == "down":

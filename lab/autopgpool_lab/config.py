@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Bump whenever image-time setup changes in a way that must invalidate cached images.
-IMAGE_SETUP_VERSION = 6
+IMAGE_SETUP_VERSION = 7
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = REPO_ROOT / ".lab"
 IMAGE_CACHE_DIR = Path("/var/cache/autopgpool-lab/images")
+# A superseded image or mirror is removed once unused for this long (several checkouts share the caches).
+PRUNE_UNUSED_AFTER = 2 * 24 * 3600
 
 # Several labs can run side by side on one machine (two platforms, two checkouts), each in its own slot:
 # AUTOPGPOOL_LAB_SLOT=N (0-9) gives it its own bridge, network 10.231.N.0/24, machine names, machine
@@ -26,6 +28,10 @@ LOCK_FILE = Path(f"/run/lock/autopgpool-lab{_SUFFIX}.lock")
 MACHINES_DIR = Path(f"/var/lib/autopgpool-lab/machines{_SUFFIX}")
 
 MIRROR = "http://deb.debian.org/debian"
+# The lab's own package mirror (mirror.py): collected repositories and the .deb download cache, and the port
+# its HTTP server listens on at the bridge address.
+MIRROR_CACHE_DIR = Path("/var/cache/autopgpool-lab/mirror")
+MIRROR_PORT = 3142
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 DEFAULT_SUITE = "bookworm"
 SUPPORTED_SUITES = ("bookworm", "trixie")
@@ -56,40 +62,26 @@ BOOTSTRAP_PACKAGES: tuple[str, ...] = (
     "ca-certificates",
 )
 
-# Every package the roles and tests need on a host: lab machines have no network beyond the bridge.
+# What a freshly installed Debian server has, and nothing the roles install: every package a role or a lab
+# playbook needs comes from the lab mirror (lab/autopgpool_lab/mirror.py), so a role that forgets to install
+# one fails in the lab as it would on an operator's fresh VM.
 IMAGE_PACKAGES: tuple[str, ...] = (
+    # Init and the per-login session (PAM's systemd module, as on any Debian install with systemd).
     "systemd",
     "systemd-sysv",
     "dbus",
     "libpam-systemd",
-    "python3",
-    "python3-apt",
+    # How Ansible reaches a host: sshd, sudo for become, python3 for its modules.
     "openssh-server",
-    "iproute2",
     "sudo",
-    "acl",
-    "ca-certificates",
+    "python3",
+    # Ansible's apt module needs it; the module would install it itself, but not under --check.
+    "python3-apt",
+    # Priority "important" in Debian (every installer puts them on a server): ip/ss and ps/pgrep.
+    "iproute2",
     "procps",
-    "socat",
-    "netcat-openbsd",
-    "less",
-    "postgresql",
-    "postgresql-client",
-    "postgresql-contrib",
-    "haproxy",
-    "build-essential",
-    "pkg-config",
-    "libevent-dev",
-    "libssl-dev",
-    "libc-ares-dev",
-    "libsystemd-dev",
-    "python3-psycopg2",
-    # The pgbouncer exporter (roles/pgbouncer_exporter) and the lab Prometheus on the monitoring host.
-    "python3-prometheus-client",
-    "python3-psycopg",
-    "prometheus",
-    # The poolers' virtual IP (roles/keepalived installs it; the lab has no network to fetch it from).
-    "keepalived",
+    # The trust store: every Debian server has it, and an operator's internal mirror may well be https.
+    "ca-certificates",
 )
 
 

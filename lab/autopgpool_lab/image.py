@@ -30,9 +30,6 @@ set -eu
 systemctl enable systemd-networkd.service ssh.service
 # Reads the kernel command line for network config; useless in a container and seen failing at boot.
 systemctl mask systemd-network-generator.service
-# PostgreSQL runs only where the lab_postgres role enables it, HAProxy only where the haproxy role does,
-# Prometheus only where the lab_prometheus role does: no machine runs a service it was not given.
-systemctl disable postgresql.service haproxy.service prometheus.service
 if systemctl list-unit-files systemd-resolved.service >/dev/null 2>&1; then
     systemctl disable systemd-resolved.service || true
 fi
@@ -45,6 +42,9 @@ printf 'PermitRootLogin no\nPasswordAuthentication no\nKbdInteractiveAuthenticat
     > /etc/ssh/sshd_config.d/10-autopgpool-lab.conf
 rm -f /etc/ssh/ssh_host_*
 rm -f /usr/sbin/policy-rc.d
+# The machines' only apt source is the lab mirror (written by `up`); lists of the build's mirror would lie.
+: > /etc/apt/sources.list
+rm -rf /var/lib/apt/lists/*
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id
 : > /etc/hostname
@@ -97,6 +97,7 @@ def build_image(suite: str, *, force: bool = False) -> Path:
         raise LabError(f"--suite: expected one of {', '.join(config.SUPPORTED_SUITES)}, got {suite!r}")
     final = config.image_path(suite)
     if is_cached(final) and not force:
+        (final / MARKER).touch()  # last use: other checkouts' pruning keeps what was used recently
         print(f"image cached: {final}")
         _prune_old_images(suite, keep=final)
         return final
@@ -148,10 +149,16 @@ def build_image(suite: str, *, force: bool = False) -> Path:
 
 
 def _prune_old_images(suite: str, keep: Path) -> None:
-    """Remove superseded images of the suite unless a machine still uses one as its lower layer."""
+    """Remove superseded images of the suite unless a machine uses one or it was used lately (another
+    checkout or branch of the repository may want it: several share this cache)."""
     with open("/proc/self/mountinfo", encoding="utf-8") as fh:
         mountinfo = fh.read()
     for old in config.IMAGE_CACHE_DIR.glob(f"{suite}-*"):
-        if old != keep and is_cached(old) and f"lowerdir={old}," not in mountinfo:
+        if (
+            old != keep
+            and is_cached(old)
+            and f"lowerdir={old}," not in mountinfo
+            and time.time() - (old / MARKER).stat().st_mtime > config.PRUNE_UNUSED_AFTER
+        ):
             print(f"removing superseded image {old}")
             shutil.rmtree(old)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ca, config, render
+from . import ca, config, mirror, render
 from .config import Machine
 from .image import build_image
 from .system import (
@@ -278,7 +278,13 @@ def remove_network() -> None:
 # ---------------------------------------------------------------- starting
 
 
-def prepare_machine(machine: Machine, machines: Sequence[Machine], image: Path, paths: Paths) -> str:
+def prepare_machine(
+    machine: Machine,
+    machines: Sequence[Machine],
+    image: Path,
+    paths: Paths,
+    suite: str = config.DEFAULT_SUITE,
+) -> str:
     """Fresh root for one machine (overlay on the image, or a copy); returns 'overlay' or 'copy'."""
     clean_machine_dir(machine.name)
     mdir = machine_dir(machine.name)
@@ -297,6 +303,9 @@ def prepare_machine(machine: Machine, machines: Sequence[Machine], image: Path, 
     _write(root / "etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
     _write(root / "etc/systemd/network/10-host0.network", render.host0_network(machine))
     _write(root / "etc/hosts", render.hosts_file(machines, machine))
+    _write(root / "etc/apt/sources.list", mirror.lab_sources(suite))
+    for extra in (root / "etc/apt/sources.list.d").glob("*"):
+        extra.unlink()
     run(["ssh-keygen", "-A", "-f", root], capture=True, quiet=True)
     uid, gid = _passwd_ids(root, config.LAB_USER)
     ssh_dir = root / "home" / config.LAB_USER / ".ssh"
@@ -459,6 +468,22 @@ def wait_ready(machine: Machine, paths: Paths, timeout: float) -> str | None:
     )
 
 
+def refresh_apt(machine: Machine, paths: Paths) -> str | None:
+    """`apt-get update` on a machine against the lab mirror; None, or a message naming the machine."""
+    proc = subprocess.run(
+        [*ssh_base(paths, machine), "sudo", "apt-get", "-q", "update"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0 or "W: " in proc.stdout + proc.stderr:
+        output = proc.stdout + proc.stderr
+        return f"{machine.name}: apt-get update against {mirror.mirror_url()} failed:\n{output}"
+    return None
+
+
 def _read_lab_json(paths: Paths) -> dict[str, object]:
     try:
         data = json.loads(paths.lab_json.read_text())
@@ -492,6 +517,7 @@ def up(poolers: int, suite: str, paths: Paths) -> None:
         raise LabError("the lab needs root (mounts, bridge, systemd-nspawn)")
     machines = config.plan_machines(poolers)
     image = build_image(suite)
+    repo = mirror.collect(suite, image)
     paths.state.mkdir(parents=True, exist_ok=True)
     previous = _read_lab_json(paths)
     running = [m for m in machines if is_running(m)]
@@ -507,6 +533,7 @@ def up(poolers: int, suite: str, paths: Paths) -> None:
     started = time.monotonic()
     ensure_ssh_key(paths)
     ensure_bridge()
+    new_mirror = mirror.serve(repo, paths.log("mirror"))
     to_boot = [m for m in machines if m not in running]
     for machine in running:  # a machine added to the plan must resolve from the old ones too
         _write(machine_root(machine.name) / "etc/hosts", render.hosts_file(machines, machine))
@@ -514,7 +541,7 @@ def up(poolers: int, suite: str, paths: Paths) -> None:
         # nspawn processes left over without a usable root (crash mid-up) are stopped first.
         stop_machines([m.name for m in to_boot], paths)
         with ThreadPoolExecutor(max_workers=len(to_boot)) as pool:
-            modes = list(pool.map(lambda m: prepare_machine(m, machines, image, paths), to_boot))
+            modes = list(pool.map(lambda m: prepare_machine(m, machines, image, paths, suite), to_boot))
         for machine in to_boot:
             start_machine(machine, paths)
         print(f"booting {', '.join(m.name for m in to_boot)} ({', '.join(sorted(set(modes)))})")
@@ -524,6 +551,13 @@ def up(poolers: int, suite: str, paths: Paths) -> None:
         errors = [e for e in pool.map(lambda m: wait_ready(m, paths, BOOT_TIMEOUT), machines) if e]
     if errors:
         raise LabError("lab did not come up:\n" + "\n".join(errors))
+    # A freshly installed server knows its mirror's packages; a running one must re-read a new mirror.
+    stale = machines if new_mirror else to_boot
+    if stale:
+        with ThreadPoolExecutor(max_workers=len(stale)) as pool:
+            errors = [e for e in pool.map(lambda m: refresh_apt(m, paths), stale) if e]
+        if errors:
+            raise LabError("apt could not read the lab mirror:\n" + "\n".join(errors))
     issued = ca.ensure(paths.state / "tls", machines)
     if issued:
         print(f"lab CA ({paths.state / 'tls' / 'ca.crt'}) issued certificates for {', '.join(issued)}")
@@ -542,6 +576,7 @@ def down(paths: Paths) -> None:
         raise LabError("the lab needs root (mounts, bridge, systemd-nspawn)")
     names = known_machine_names(paths)
     stop_machines(names, paths)
+    mirror.stop()
     remove_network()
     if config.MACHINES_DIR.is_dir() and not any(config.MACHINES_DIR.iterdir()):
         config.MACHINES_DIR.rmdir()

@@ -10,7 +10,7 @@ import re
 import subprocess
 import time
 
-from e2e.stack import Host, ansible_playbook, poolers, postgres_host
+from e2e.stack import Host, ansible_playbook, haproxy_admin, poolers, postgres_host
 
 # What the role's installed.yml (the operations playbooks' instance list) reads: the instance files of the
 # lab's config dir (inventories/lab: the role's default pgbouncer_config_dir).
@@ -57,7 +57,7 @@ def fleet_versions(hosts: list[Host]) -> dict[str, dict[int, str]]:
 
 def haproxy_servers(host: Host) -> dict[str, dict[str, str]]:
     """HAProxy's `show stat` rows of the pgbouncer servers, by server name, as {column: value}."""
-    out = host.run("echo 'show stat' | socat stdio /run/haproxy/admin.sock")
+    out = haproxy_admin(host, "show stat")
     lines = out.splitlines()
     header = lines[0].lstrip("# ").split(",")
     rows = {}

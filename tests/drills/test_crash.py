@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from e2e.stack import Host
+from e2e.stack import SHOW_STAT_SH, Host
 
 from .fleet import haproxy_servers, instance_pids
 from .load import Load
@@ -26,7 +26,7 @@ unit=pgbouncer@{n}.service; old=$(systemctl show -P MainPID $unit)
 echo kill $(date +%s.%N) $old; kill -KILL $old
 for i in $(seq {samples}); do
   pid=$(systemctl show -P MainPID $unit); active=$(systemctl is-active $unit)
-  st=$(echo "show stat" | socat stdio /run/haproxy/admin.sock | awk -F, '$2=="pgbouncer{n}" {{print $18}}')
+  st=$({show_stat} | awk -F, '$2=="pgbouncer{n}" {{print $18}}')
   echo sample $(date +%s.%N) $pid $active "$st"; sleep 0.1
 done
 """
@@ -40,7 +40,7 @@ def test_killed_instance_costs_only_its_inflight_transactions(poolers: list[Host
     with Load(poolers, connect=True) as load:
         time.sleep(2)
         stats_before = haproxy_servers(host)[server]
-        out = host.run(_KILL_AND_WATCH.format(n=n, samples=SAMPLES), timeout=60)
+        out = host.run(_KILL_AND_WATCH.format(n=n, samples=SAMPLES, show_stat=SHOW_STAT_SH), timeout=60)
         time.sleep(2)
     stats_after = haproxy_servers(host)[server]
 

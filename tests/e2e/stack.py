@@ -205,6 +205,13 @@ def haproxy_admin(host: Host, command: str, socket_path: str = "/run/haproxy/adm
     return host.run(f"python3 - {shlex.quote(command)} {shlex.quote(socket_path)}", stdin=_ADMIN_COMMAND)
 
 
+# `show stat` as a shell command, for loops timed on the host itself (Python's standard library: the hosts
+# have no socat, which no role installs).
+SHOW_STAT_SH = (
+    'python3 -c \'import socket; s = socket.socket(socket.AF_UNIX); s.connect("/run/haproxy/admin.sock"); '
+    's.sendall(b"show stat\\n"); s.shutdown(socket.SHUT_WR); print(s.makefile().read(), end="")\''
+)
+
 _ADMIN_COMMAND = """
 import socket, sys
 with socket.socket(socket.AF_UNIX) as sock:
@@ -215,6 +222,75 @@ with socket.socket(socket.AF_UNIX) as sock:
     sys.stdout.write(sock.makefile().read())
 """
 _SHOW_STAT = _ADMIN_COMMAND.replace("sys.argv[1].encode()", 'b"show stat"')
+
+
+# --- PgBouncer's admin console, from the pooler host itself ----------------------------------------------
+#
+# Pooler hosts have no psql: no role installs postgresql-client there (the lab image is a fresh server).
+# The console is reached with python3-psycopg, which roles/pgbouncer_exporter installs on every pooler host
+# for the exporter; values are libpq's text, as psql -A prints them ('' for NULL), one dict per row.
+
+Rows = list[dict[str, str]]
+
+_CONSOLE = """
+import json, sys, time
+import psycopg
+from psycopg import pq
+
+user, command, samples, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+targets = json.loads(sys.argv[5])
+password = sys.stdin.readline().rstrip("\\n")
+conns = [
+    psycopg.connect(host=h, port=p, dbname="pgbouncer", user=user, password=password, connect_timeout=10,
+                    autocommit=True, prepare_threshold=None)
+    for h, p in targets
+]
+for sample in range(samples):
+    for index, conn in enumerate(conns):
+        res = conn.pgconn.exec_(command.encode())
+        if res.status == pq.ExecStatus.TUPLES_OK:
+            names = [res.fname(c).decode() for c in range(res.nfields)]
+            rows = [
+                {names[c]: (res.get_value(r, c) or b"").decode() for c in range(res.nfields)}
+                for r in range(res.ntuples)
+            ]
+        elif res.status == pq.ExecStatus.COMMAND_OK:
+            rows = []
+        else:
+            sys.exit(f"{targets[index]}: {command}: {(res.error_message or b'').decode().strip()}")
+        print(json.dumps({"target": index, "rows": rows}), flush=True)
+    if sample + 1 < samples:
+        time.sleep(pause)
+"""
+
+
+def console_samples(
+    host: Host,
+    targets: Sequence[tuple[str, int]],
+    user: str,
+    password: str,
+    command: str,
+    *,
+    samples: int = 1,
+    pause: float = 0.0,
+    timeout: float = 60,
+) -> list[tuple[int, Rows]]:
+    """``command`` on each console (host or socket directory, port), ``samples`` times with ``pause`` seconds
+    between rounds, over one connection per console: (index into targets, rows) in order. The password travels
+    on stdin, never on a command line."""
+    argv = (user, command, str(samples), str(pause), json.dumps([list(t) for t in targets]))
+    args = " ".join(shlex.quote(a) for a in argv)
+    out = host.run(f"python3 -c {shlex.quote(_CONSOLE)} {args}", stdin=password + "\n", timeout=timeout)
+    results = []
+    for line in out.splitlines():
+        data = json.loads(line)
+        results.append((int(data["target"]), list(data["rows"])))
+    return results
+
+
+def console_rows(host: Host, target: str, port: int, user: str, password: str, command: str) -> Rows:
+    """Rows of one console command on the host, e.g. ``SHOW POOLS`` on 127.0.0.1 or /run/pgbouncer/1."""
+    return console_samples(host, [(target, port)], user, password, command)[0][1]
 
 
 # --- What a playbook run did --------------------------------------------------------------------------------

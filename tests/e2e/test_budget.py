@@ -27,6 +27,7 @@ from .stack import (
     EXAMPLE_CONFIG,
     Host,
     ansible_playbook,
+    console_samples,
     demo_secrets,
     example_config,
     instance_count,
@@ -116,7 +117,7 @@ class Sampler:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.pg_lines: list[str] = []
-        self.pool_lines: dict[str, list[str]] = {}
+        self.pool_rows: dict[str, list[dict[str, str]]] = {}
         self.threads: list[threading.Thread] = []
 
     def _pg1(self) -> None:
@@ -135,17 +136,13 @@ class Sampler:
 
     def _pools(self, host: Host) -> None:
         admin = next(u for u in example_config().users if u.username == example_config().admin_users[0])
-        steps = int(self.seconds / 0.3)
         count = instance_count(host)
-        out = host.run(
-            "read -r PGPASSWORD; export PGPASSWORD; "
-            f"for i in $(seq 1 {steps}); do for n in $(seq 1 {count}); do "
-            f'psql -XA -F "|" -h /run/pgbouncer/$n -p $((6400 + n)) -U {admin.username} pgbouncer '
-            "-c 'SHOW POOLS' | sed \"s/^/$n|/\"; done; sleep 0.2; done",
-            stdin=admin.password + "\n",
-            timeout=self.seconds + 60,
-        )
-        self.pool_lines[host.name] = out.splitlines()
+        targets = [(f"/run/pgbouncer/{n}", 6400 + n) for n in range(1, count + 1)]
+        samples = console_samples(
+            host, targets, admin.username, admin.password, "SHOW POOLS",
+            samples=int(self.seconds / 0.3), pause=0.2, timeout=self.seconds + 60,
+        )  # fmt: skip
+        self.pool_rows[host.name] = [row for _, rows in samples for row in rows]
 
     def __enter__(self) -> Sampler:
         self.threads = [threading.Thread(target=self._pg1)]
@@ -166,14 +163,9 @@ class Sampler:
     def queueing(self, database: str) -> tuple[int, int]:
         """Peak cl_waiting of one instance and the longest maxwait (seconds) seen for ``database``."""
         waiting = maxwait = 0
-        for lines in self.pool_lines.values():
-            header: list[str] = []
-            for line in lines:
-                fields = line.split("|")
-                if len(fields) > 1 and fields[1] == "database":
-                    header = fields
-                elif header and len(fields) == len(header) and fields[1] == database:
-                    row = dict(zip(header, fields, strict=True))
+        for rows in self.pool_rows.values():
+            for row in rows:
+                if row["database"] == database:
                     waiting = max(waiting, int(row["cl_waiting"]))
                     maxwait = max(maxwait, int(row["maxwait"]))
         return waiting, maxwait

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from .stack import Host, example_config, instance_count, poolers, postgres_host
+from .stack import Host, console_rows, example_config, instance_count, poolers, postgres_host
 
 pytestmark = pytest.mark.e2e
 
@@ -86,15 +86,10 @@ def test_admin_runs_show_pools_on_every_instance(host: Host) -> None:
     count = instance_count(host)
     assert count >= 2
     for instance in range(1, count + 1):
-        # The password travels on stdin, never on a command line.
-        out = host.run(
-            "read -r PGPASSWORD; export PGPASSWORD; "
-            f"psql -XAt -h /run/pgbouncer/{instance} -p {6400 + instance} -U {admin.username} pgbouncer "
-            "-c 'SHOW POOLS'",
-            stdin=admin.password + "\n",
-        )
-        databases = {line.split("|")[0] for line in out.splitlines() if "|" in line}
-        assert {pool.name for pool in config.pools} <= databases, f"instance {instance}: {out}"
+        socket_dir, port = f"/run/pgbouncer/{instance}", 6400 + instance
+        rows = console_rows(host, socket_dir, port, admin.username, admin.password, "SHOW POOLS")
+        databases = {row["database"] for row in rows}
+        assert {pool.name for pool in config.pools} <= databases, f"instance {instance}: {rows}"
 
 
 @pytest.mark.parametrize("host", POOLERS, ids=lambda h: h.name)

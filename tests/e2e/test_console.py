@@ -10,7 +10,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from .stack import Host, ansible_playbook, demo_secrets, example_config, poolers
+from .stack import Host, ansible_playbook, console_rows, demo_secrets, example_config, poolers
 
 pytestmark = pytest.mark.e2e
 
@@ -49,12 +49,8 @@ def test_console_through_the_front_door_is_refused(host: Host, user: str) -> Non
 def test_console_from_the_host_works_on_loopback_and_socket(host: Host) -> None:
     admin = _console_users()[0]
     for target in ("127.0.0.1", "/run/pgbouncer/1"):
-        out = host.run(
-            "read -r PGPASSWORD; export PGPASSWORD; "
-            f"psql -XAt -h {target} -p {BASE_PORT + 1} -U {admin} pgbouncer -c 'SHOW VERSION'",
-            stdin=_password(admin) + "\n",
-        )
-        assert out.startswith("PgBouncer"), f"{host.name} via {target}: {out}"
+        rows = console_rows(host, target, BASE_PORT + 1, admin, _password(admin), "SHOW VERSION")
+        assert rows[0]["version"].startswith("PgBouncer"), f"{host.name} via {target}: {rows}"
 
 
 @pytest.mark.parametrize("host", POOLERS, ids=lambda h: h.name)

@@ -10,7 +10,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from .stack import EXAMPLE_CONFIG, Host, ansible_playbook, demo_secrets, example_config, poolers, task_ran
+from .stack import (
+    EXAMPLE_CONFIG,
+    Host,
+    ansible_playbook,
+    demo_secrets,
+    example_config,
+    haproxy_admin,
+    poolers,
+    task_ran,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -117,7 +126,7 @@ def test_password_change_is_applied_by_reload(tmp_path: Path) -> None:
 
 
 def _haproxy_servers(host: Host) -> list[str]:
-    out = host.run("echo 'show stat' | socat stdio /run/haproxy/admin.sock")
+    out = haproxy_admin(host, "show stat")
     return sorted(
         line.split(",")[1] for line in out.splitlines() if line.startswith("pgbouncer_instances,pgbouncer")
     )

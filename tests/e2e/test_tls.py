@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from .stack import REPO, Host, ansible_playbook, demo_secrets, example_config, poolers
+from .stack import REPO, Host, ansible_playbook, console_rows, demo_secrets, example_config, poolers
 
 sys.path.insert(0, str(REPO / "lab"))
 from autopgpool_lab.ca import issue, make_ca, pem
@@ -131,16 +131,7 @@ def test_console_through_the_front_door_is_refused_with_tls_too(host: Host) -> N
 
 def _console(host: Host, instance: int, command: str) -> list[dict[str, str]]:
     admin = example_config().admin_users[0]
-    out = host.run(
-        "read -r PGPASSWORD; export PGPASSWORD; "
-        f"psql -XA -F '\t' -h 127.0.0.1 -p {BASE_PORT + instance} -U {admin} pgbouncer -c '{command}'",
-        stdin=_user(admin).password + "\n",
-    )
-    lines = [line for line in out.splitlines() if "\t" in line]
-    if not lines:  # a command without a result set (RECONNECT, RELOAD)
-        return []
-    header = lines[0].split("\t")
-    return [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:]]
+    return console_rows(host, "127.0.0.1", BASE_PORT + instance, admin, _user(admin).password, command)
 
 
 @pytest.mark.parametrize("host", POOLERS, ids=lambda h: h.name)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autopgpool_lab import config, machines, system
+from autopgpool_lab import config, machines, mirror, system
 
 LABCTL = [sys.executable, str(Path(__file__).resolve().parents[2] / "lab" / "labctl.py")]
 
@@ -36,19 +36,27 @@ def test_up_twice_then_down_leaves_nothing() -> None:
         assert time.monotonic() - started < 30, "a second up on a running lab must be quick"
         for machine in plan:
             proc = subprocess.run(
-                ["ssh", "-F", str(paths.ssh_config), machine.name, "hostname; systemctl is-system-running"],
+                [
+                    "ssh",
+                    "-F",
+                    str(paths.ssh_config),
+                    machine.name,
+                    "hostname; systemctl is-system-running; apt-cache policy haproxy | grep -c 3142/debian",
+                ],
                 capture_output=True,
                 text=True,
                 timeout=30,
                 check=False,
             )
             seen = f"{machine.name}: {proc.stdout}{proc.stderr}"
-            assert proc.stdout.split() == [machine.name, "running"], seen
+            # The lab mirror serves what the roles install; the machine's apt lists know it.
+            assert proc.stdout.split() == [machine.name, "running", "1"], seen
         assert paths.inventory.is_file()
     finally:
         labctl("down")
 
     assert machines.nspawn_pids() == []
+    assert mirror.server_pids() == []
     assert not any(machines.container_processes(m.name) for m in plan)
     assert not machines.bridge_exists()
     assert machines.lab_veths() == []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from autopgpool_lab import config, image, machines, render, system
+from autopgpool_lab import config, image, machines, mirror, render, system
 from autopgpool_lab.config import Machine, image_cache_key, plan_machines
 
 KEY = Path("/repo/.lab/id_ed25519")
@@ -71,29 +71,91 @@ def test_cache_key_changes_with_suite_packages_and_setup_version(
     assert image_cache_key("bookworm", ("a", "b"), 1) != image_cache_key(*other)
 
 
-def test_image_holds_every_package_the_roles_need() -> None:
-    needed = {
-        "systemd-sysv",
-        "openssh-server",
-        "sudo",
-        "acl",
-        "python3-apt",
-        "postgresql",
-        "postgresql-contrib",
-        "haproxy",
-        "build-essential",
-        "pkg-config",
-        "libevent-dev",
-        "libssl-dev",
-        "libc-ares-dev",
-        "libsystemd-dev",
-        "python3-psycopg2",
-        "socat",
-        "netcat-openbsd",
-        "keepalived",
-    }
-    assert needed <= set(config.IMAGE_PACKAGES)
+def test_image_is_a_fresh_server_without_what_the_roles_install() -> None:
+    """The image has what a fresh Debian server has; what a role installs must come from the mirror."""
+    assert {"systemd-sysv", "openssh-server", "sudo", "python3"} <= set(config.IMAGE_PACKAGES)
     assert set(config.BOOTSTRAP_PACKAGES) <= set(config.IMAGE_PACKAGES)
+    for suite in config.SUPPORTED_SUITES:
+        installed_by_roles = set(mirror.role_packages(suite))
+        assert {
+            "haproxy",
+            "postgresql",
+            "prometheus",
+            "build-essential",
+            "python3-psycopg",
+            "python3-prometheus-client",
+            "keepalived",
+        } <= installed_by_roles
+        assert not installed_by_roles & set(config.IMAGE_PACKAGES), suite
+    assert not {"socat", "netcat-openbsd", "acl", "haproxy", "keepalived", "postgresql"} & set(
+        config.IMAGE_PACKAGES
+    )
+
+
+def test_mirror_reads_each_suites_packages_from_the_roles() -> None:
+    bookworm, trixie = mirror.role_packages("bookworm"), mirror.role_packages("trixie")
+    assert "libssl3" in bookworm
+    assert "libssl3t64" not in bookworm
+    assert "libssl3t64" in trixie
+    assert "libssl3" not in trixie
+    # pgbench for make bench (lab_pgbench): in the server package of each release's PostgreSQL.
+    assert ("postgresql-15" in bookworm, "postgresql-17" in trixie) == (True, True)
+
+
+def test_mirror_refuses_a_role_package_that_is_no_package_name(tmp_path: Path) -> None:
+    tasks = tmp_path / "roles/demo/tasks"
+    tasks.mkdir(parents=True)
+    (tasks / "main.yml").write_text(
+        "- name: Install\n  ansible.builtin.apt:\n    name: [socat, 'Bad Name']\n"
+    )
+    with pytest.raises(system.LabError, match="Bad Name"):
+        mirror.role_packages("bookworm", [tmp_path / "roles"])
+
+
+def test_mirror_takes_literal_apt_task_names_and_package_variables(tmp_path: Path) -> None:
+    role = tmp_path / "roles/demo"
+    (role / "tasks").mkdir(parents=True)
+    (role / "defaults").mkdir()
+    (role / "tasks/main.yml").write_text(
+        "- name: Block\n  block:\n    - name: Install\n      ansible.builtin.apt:\n        name: socat\n"
+        "- name: Templated\n  ansible.builtin.apt:\n    name: '{{ demo_packages }}'\n"
+    )
+    (role / "defaults/main.yml").write_text(
+        "demo_packages:\n  bookworm: {base: [liba1]}\n  trixie: {base: [liba1t64]}\n"
+        "demo_other: [notapackage]\n"
+    )
+    assert mirror.role_packages("trixie", [tmp_path / "roles"]) == ["liba1t64", "socat"]
+
+
+def test_mirror_lists_what_apt_would_install() -> None:
+    simulated = (
+        "NOTE: This is only a simulation!\n"
+        "Inst libevent-2.1-7 (2.1.12-stable-8 Debian:12.8/stable [amd64])\n"
+        "Inst tzdata [2024a-0+deb12u1] (2025b-0+deb12u1 Debian:12.12/stable [all])\n"
+        "Inst libfoo (1:2.0-1 Debian-Security:12/stable-security [amd64])\n"
+        "Conf libevent-2.1-7 (2.1.12-stable-8 Debian:12.8/stable [amd64])\n"
+    )
+    chosen = mirror.parse_simulation(simulated)
+    assert chosen == [
+        ("libevent-2.1-7", "2.1.12-stable-8", "amd64"),
+        ("tzdata", "2025b-0+deb12u1", "all"),
+        ("libfoo", "1:2.0-1", "amd64"),
+    ]
+    assert mirror.deb_filename(*chosen[2]) == "libfoo_1%3a2.0-1_amd64.deb"
+
+
+def test_hosts_name_only_the_lab_mirror() -> None:
+    lines = [ln for ln in mirror.lab_sources("trixie").splitlines() if ln and not ln.startswith("#")]
+    assert lines == [
+        f"deb [trusted=yes] http://{config.HOST_ADDRESS}:{config.MIRROR_PORT}/debian trixie main"
+    ]
+
+
+def test_mirror_key_follows_packages_and_image() -> None:
+    key = mirror.mirror_key("bookworm", ["b", "a"], Path("/x/bookworm-1"))
+    assert key == mirror.mirror_key("bookworm", ["a", "b", "a"], Path("/y/bookworm-1"))
+    assert key != mirror.mirror_key("bookworm", ["a"], Path("/x/bookworm-1"))
+    assert key != mirror.mirror_key("bookworm", ["a", "b"], Path("/x/bookworm-2"))
 
 
 def test_an_image_without_its_marker_is_not_cached(tmp_path: Path) -> None:
