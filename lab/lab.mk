@@ -1,6 +1,6 @@
 # Lab targets; the main Makefile does `include lab/lab.mk`. Needs root (debootstrap, mounts, bridge, nspawn).
 LAB_PYTHON ?= python3
-LAB_SUITE ?= bookworm
+LAB_SUITE ?= $(or $(AUTOPGPOOL_LAB_SUITE),bookworm)
 LAB_POOLERS ?= 2
 
 .PHONY: lab-image lab-up lab-down lab-status

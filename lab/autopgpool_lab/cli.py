@@ -1,4 +1,4 @@
-"""Command line: labctl image | mirror | up | down | status | ssh HOST [cmd]."""
+"""Command line: labctl image | mirror | up | down | status | poweroff | boot | deployed | ssh HOST [cmd]."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import config, mirror
+from . import config, deployed, mirror
 from .image import build_image
-from .machines import Paths, boot, down, poweroff, status, up
+from .machines import Paths, boot, down, planned, poweroff, ssh_base, status, up
 from .system import LabError
 
 
@@ -32,10 +32,31 @@ def _parser() -> argparse.ArgumentParser:
     cut.add_argument("host")
     start_again = sub.add_parser("boot", help="boot a machine that poweroff stopped, on its kept disk")
     start_again.add_argument("host")
+    state = sub.add_parser(
+        "deployed", help="record, check or forget what `make demo` deployed (a warm demo skips its playbooks)"
+    )
+    state.add_argument("action", choices=("check", "record", "forget"))
     ssh = sub.add_parser("ssh", help="ssh to a lab machine as ops")
     ssh.add_argument("host")
     ssh.add_argument("cmd", nargs=argparse.REMAINDER)
     return parser
+
+
+def _deployed(action: str, paths: Paths) -> int:
+    """check: 0 when the lab still runs what the last `record` saw, else 1 with what changed."""
+    stamp = paths.deployed
+    if action == "forget":
+        stamp.unlink(missing_ok=True)
+        return 0
+    machines, _suite = planned(paths)
+    current = deployed.fingerprint(machines, {m.name: ssh_base(paths, m) for m in machines})
+    if action == "record":
+        deployed.write(stamp, current)
+        return 0
+    changed = deployed.differences(deployed.read(stamp), current)
+    for what in changed:
+        print(f"labctl deployed: changed since the last full deployment: {what}")
+    return 1 if changed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             poweroff(args.host, paths)
         elif args.command == "boot":
             boot(args.host, paths)
+        elif args.command == "deployed":
+            return _deployed(args.action, paths)
         elif args.command == "ssh":
             if not paths.ssh_config.is_file():
                 raise LabError("the lab is not up (no .lab/ssh_config); run `labctl up`")

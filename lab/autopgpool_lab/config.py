@@ -33,8 +33,12 @@ MIRROR = "http://deb.debian.org/debian"
 MIRROR_CACHE_DIR = Path("/var/cache/autopgpool-lab/mirror")
 MIRROR_PORT = 3142
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
-DEFAULT_SUITE = "bookworm"
 SUPPORTED_SUITES = ("bookworm", "trixie")
+# The Debian release of the lab machines when no --suite is given; make test runs a molecule scenario per
+# release, each in its own slot, and sets this for everything that scenario starts (labctl, the tests).
+DEFAULT_SUITE = os.environ.get("AUTOPGPOOL_LAB_SUITE", "") or "bookworm"
+if DEFAULT_SUITE not in SUPPORTED_SUITES:
+    raise SystemExit(f"AUTOPGPOOL_LAB_SUITE: expected one of {', '.join(SUPPORTED_SUITES)}")
 
 BRIDGE = f"apglab{SLOT}"
 NETWORK = ipaddress.IPv4Network(f"10.231.{SLOT}.0/24")

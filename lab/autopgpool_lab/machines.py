@@ -63,6 +63,11 @@ class Paths:
     def lab_json(self) -> Path:
         return self.state / "lab.json"
 
+    @property
+    def deployed(self) -> Path:
+        """What the last full `make demo` left on the machines (deployed.py)."""
+        return self.state / "deployed.json"
+
     def log(self, name: str) -> Path:
         return self.state / "logs" / f"{name}.log"
 
@@ -580,7 +585,7 @@ def down(paths: Paths) -> None:
     remove_network()
     if config.MACHINES_DIR.is_dir() and not any(config.MACHINES_DIR.iterdir()):
         config.MACHINES_DIR.rmdir()
-    for path in (paths.inventory, paths.ssh_config, paths.known_hosts, paths.lab_json):
+    for path in (paths.inventory, paths.ssh_config, paths.known_hosts, paths.lab_json, paths.deployed):
         path.unlink(missing_ok=True)
     print(f"lab down: stopped {', '.join(names) if names else 'nothing'}; bridge and overlays removed")
 
