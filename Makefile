@@ -87,9 +87,11 @@ unit: deps venv ## Unit tests and the real-pgbouncer integration tests (loopback
 lab-smoke: deps venv lab-image ## Boot the lab twice (idempotent up), check every machine, tear it down, check nothing is left
 	$(LAB_LOCK) pytest -m lab tests/lab
 
+# Both platforms, one after the other in the same lab slot: Debian 12 (scenario default), then Debian 13.
 .PHONY: molecule
-molecule: deps venv lab-image ## The molecule scenario on the lab: create, converge, idempotence, verify, destroy
-	$(LAB_LOCK) molecule test
+molecule: deps venv lab-image ## The molecule scenarios on the lab (Debian 12, 13): create, converge, idempotence, verify, destroy
+	$(LAB_LOCK) molecule test -s default
+	$(LAB_LOCK) molecule test -s trixie
 
 # The released artifacts as an operator gets them (README.md, "Use it from your own repository").
 .PHONY: role-docs

@@ -1,0 +1,48 @@
+"""make test's split of the lab tests between Debian 12 and 13 (tests/platforms.py) leaves none out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import platforms
+
+TESTS = Path(platforms.__file__).resolve().parent
+LAB_MODULES = sorted(
+    p.relative_to(TESTS).as_posix() for d in ("e2e", "drills") for p in (TESTS / d).glob("test_*.py")
+)
+
+
+def test_every_shared_entry_names_a_lab_test_module_and_a_platform() -> None:
+    assert set(platforms.SHARED) <= set(LAB_MODULES), set(platforms.SHARED) - set(LAB_MODULES)
+    assert set(platforms.SHARED.values()) <= set(platforms.PLATFORMS)
+
+
+@pytest.mark.parametrize("module", LAB_MODULES)
+def test_every_lab_test_module_runs_on_at_least_one_platform(module: str) -> None:
+    where = [suite for suite in platforms.PLATFORMS if platforms.runs_here(module, suite)]
+    assert where == ([platforms.SHARED[module]] if module in platforms.SHARED else list(platforms.PLATFORMS))
+
+
+def test_what_differs_between_releases_runs_on_both() -> None:
+    for module in ("e2e/test_packages.py", "e2e/test_build.py", "e2e/test_tls.py", "e2e/test_frontdoor.py"):
+        assert module not in platforms.SHARED, module
+
+
+def test_each_platform_gets_some_drills() -> None:
+    drills = {suite for module, suite in platforms.SHARED.items() if module.startswith("drills/")}
+    assert drills == set(platforms.PLATFORMS)
+
+
+def test_the_lab_suite_comes_from_the_last_up_and_a_missing_one_is_an_error(tmp_path: Path) -> None:
+    state = tmp_path / "lab.json"
+    state.write_text(json.dumps({"suite": "trixie", "poolers": 2}))
+    assert platforms.lab_suite(state) == "trixie"
+    for text in ("{}", "[]", "not json", json.dumps({"suite": "sid"})):
+        state.write_text(text)
+        with pytest.raises(RuntimeError, match="no lab suite recorded"):
+            platforms.lab_suite(state)
+    with pytest.raises(RuntimeError):
+        platforms.lab_suite(tmp_path / "missing.json")
