@@ -13,7 +13,10 @@ IMAGE_SETUP_VERSION = 7
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = REPO_ROOT / ".lab"
-IMAGE_CACHE_DIR = Path("/var/cache/autopgpool-lab/images")
+# Images and package mirrors are shared by every checkout and slot; AUTOPGPOOL_LAB_CACHE moves them (a cold
+# `make demo` measured beside a warm cache, a disk with more room).
+CACHE_ROOT = Path(os.environ.get("AUTOPGPOOL_LAB_CACHE", "") or "/var/cache/autopgpool-lab")
+IMAGE_CACHE_DIR = CACHE_ROOT / "images"
 # A superseded image or mirror is removed once unused for this long (several checkouts share the caches).
 PRUNE_UNUSED_AFTER = 2 * 24 * 3600
 
@@ -30,7 +33,7 @@ MACHINES_DIR = Path(f"/var/lib/autopgpool-lab/machines{_SUFFIX}")
 MIRROR = "http://deb.debian.org/debian"
 # The lab's own package mirror (mirror.py): collected repositories and the .deb download cache, and the port
 # its HTTP server listens on at the bridge address.
-MIRROR_CACHE_DIR = Path("/var/cache/autopgpool-lab/mirror")
+MIRROR_CACHE_DIR = CACHE_ROOT / "mirror"
 MIRROR_PORT = 3142
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 SUPPORTED_SUITES = ("bookworm", "trixie")
