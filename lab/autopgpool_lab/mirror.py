@@ -363,6 +363,8 @@ def serve(root: Path, log: Path) -> bool:
             print(f"lab mirror: {mirror_url()} (pid {proc.pid})")
             return True
         time.sleep(0.2)
+    proc.kill()  # a server that never answered must not stay bound to the port for the next `up`
+    proc.wait(timeout=5)
     raise LabError(f"the lab mirror's HTTP server did not answer on {url} within 10s; see {log}")
 
 
