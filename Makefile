@@ -116,21 +116,22 @@ consumer: deps venv lab-image ## The built collection + wheel, installed as READ
 test: deps venv lint unit lab-smoke molecule consumer ## Everything CI runs
 
 # A warm re-run skips the three deploying playbooks when `labctl deployed check` finds the checkout's inputs and
-# every machine (boot, files under /etc, /usr/local and /opt, running services) as the last full run left them;
-# the smoke test always runs. DEMO_FORCE=1 deploys in full regardless.
+# every machine as the last full run left them (lab/README.md, "A warm make demo"); the smoke test always runs,
+# and a full run is recorded only once its smoke test passed. DEMO_FORCE=1 deploys in full regardless.
 .PHONY: demo
 demo: deps venv lab-image lab-up ## Boot the lab and deploy examples/autopgpool.toml to it
-	@$(LAB_LOCK) bash -euo pipefail -c ' \
-	if [ -z "$${DEMO_FORCE:-}" ] && python3 lab/labctl.py deployed check; then \
+	$(LAB_LOCK) bash -euo pipefail -c ' \
+	if [ "$${DEMO_FORCE:-0}" != 1 ] && python3 lab/labctl.py deployed check; then \
 		echo "Deployment unchanged since the last full make demo: postgres.yml, site.yml and monitoring.yml skipped (DEMO_FORCE=1 runs them)."; \
+		ansible-playbook $(LAB_INVENTORY) playbooks/smoke_test.yml; \
 	else \
 		python3 lab/labctl.py deployed forget; \
 		ansible-playbook $(LAB_INVENTORY) lab/playbooks/postgres.yml; \
 		ansible-playbook $(LAB_INVENTORY) playbooks/site.yml; \
 		ansible-playbook $(LAB_INVENTORY) lab/playbooks/monitoring.yml; \
+		ansible-playbook $(LAB_INVENTORY) playbooks/smoke_test.yml; \
 		python3 lab/labctl.py deployed record; \
 	fi'
-	$(LAB_LOCK) ansible-playbook $(LAB_INVENTORY) playbooks/smoke_test.yml
 	@echo
 	@echo "The lab is up. Connect through HAProxy on either pooler host, TLS verified against the lab CA"
 	@echo "(password: examples/demo.env; TLS is required, pgbouncer verifies pg1 the same way):"

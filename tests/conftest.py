@@ -13,13 +13,23 @@ import platforms
 TESTS = Path(__file__).resolve().parent
 
 
+def _lab_module(item: pytest.Item) -> str | None:
+    """tests/e2e/... or tests/drills/... as platforms.SHARED names it; None for any other test."""
+    try:
+        module = item.path.resolve().relative_to(TESTS).as_posix()
+    except ValueError:
+        return None
+    return module if module.startswith(("e2e/", "drills/")) else None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not platforms.split_enabled():
         return
-    suite = platforms.lab_suite()
-    elsewhere = [
-        item for item in items if not platforms.runs_here(item.path.relative_to(TESTS).as_posix(), suite)
-    ]
+    lab_items = [(item, module) for item in items if (module := _lab_module(item))]
+    if not lab_items:
+        return
+    suite = platforms.lab_suite()  # only now: a run without lab tests needs no lab
+    elsewhere = [item for item, module in lab_items if not platforms.runs_here(module, suite)]
     if elsewhere:
         config.hook.pytest_deselected(items=elsewhere)
         items[:] = [item for item in items if item not in elsewhere]

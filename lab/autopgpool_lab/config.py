@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = REPO_ROOT / ".lab"
 # Images and package mirrors are shared by every checkout and slot; AUTOPGPOOL_LAB_CACHE moves them (a cold
 # `make demo` measured beside a warm cache, a disk with more room).
-CACHE_ROOT = Path(os.environ.get("AUTOPGPOOL_LAB_CACHE", "") or "/var/cache/autopgpool-lab")
+CACHE_ROOT = Path(os.environ.get("AUTOPGPOOL_LAB_CACHE", "") or "/var/cache/autopgpool-lab").resolve()
 IMAGE_CACHE_DIR = CACHE_ROOT / "images"
 # A superseded image or mirror is removed once unused for this long (several checkouts share the caches).
 PRUNE_UNUSED_AFTER = 2 * 24 * 3600
@@ -38,7 +38,7 @@ MIRROR_PORT = 3142
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 SUPPORTED_SUITES = ("bookworm", "trixie")
 # The Debian release of the lab machines when no --suite is given; make test runs a molecule scenario per
-# release, each in its own slot, and sets this for everything that scenario starts (labctl, the tests).
+# release, one after the other, and each sets this for all it starts (labctl, the playbooks, the tests).
 DEFAULT_SUITE = os.environ.get("AUTOPGPOOL_LAB_SUITE", "") or "bookworm"
 if DEFAULT_SUITE not in SUPPORTED_SUITES:
     raise SystemExit(f"AUTOPGPOOL_LAB_SUITE: expected one of {', '.join(SUPPORTED_SUITES)}")

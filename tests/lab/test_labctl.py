@@ -281,7 +281,7 @@ def test_planned_falls_back_to_defaults_on_a_broken_state_file(tmp_path: Path) -
     paths.lab_json.write_text("{not json")
     plan, suite = machines.planned(paths)
     assert [m.name for m in plan] == ["pg1", "pool1", "pool2"]
-    assert suite == "bookworm"
+    assert suite == config.DEFAULT_SUITE  # bookworm, or AUTOPGPOOL_LAB_SUITE's release
     paths.lab_json.write_text(json.dumps({"suite": "trixie", "poolers": 1}))
     plan, suite = machines.planned(paths)
     assert [m.name for m in plan] == ["pg1", "pool1"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 import platforms
 
@@ -46,3 +47,21 @@ def test_the_lab_suite_comes_from_the_last_up_and_a_missing_one_is_an_error(tmp_
             platforms.lab_suite(state)
     with pytest.raises(RuntimeError):
         platforms.lab_suite(tmp_path / "missing.json")
+
+
+def test_the_trixie_scenario_runs_the_default_scenarios_playbooks_on_trixie() -> None:
+    """molecule treats create, verify and destroy as optional: a broken path would pass silently."""
+    scenario = TESTS.parent / "molecule" / "trixie"
+    spec = yaml.safe_load((scenario / "molecule.yml").read_text())
+    playbooks = spec["ansible"]["playbooks"]
+    assert set(playbooks) == {"create", "converge", "verify", "destroy"}
+    for step, path in playbooks.items():
+        assert (scenario / path).resolve() == (
+            TESTS.parent / "molecule" / "default" / f"{step}.yml"
+        ).resolve()
+        assert (scenario / path).is_file(), path
+    assert spec["ansible"]["env"] == {"AUTOPGPOOL_LAB_SUITE": "trixie"}
+    assert "verify" in spec["scenario"]["test_sequence"]
+    default = yaml.safe_load((TESTS.parent / "molecule" / "default" / "molecule.yml").read_text())
+    assert default["ansible"]["env"] == {"AUTOPGPOOL_LAB_SUITE": "bookworm"}
+    assert default["scenario"]["test_sequence"] == spec["scenario"]["test_sequence"]
