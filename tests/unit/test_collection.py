@@ -45,6 +45,19 @@ def test_requires_ansible_is_pyprojects_ansible_core_range() -> None:
     assert normalise == bounds, (runtime["requires_ansible"], core)
 
 
+def test_the_lowest_declared_ansible_core_is_the_one_ci_installs() -> None:
+    """CI converges with the locked version; a floor below it would declare support nothing tests."""
+    project = _pyproject()["project"]
+    assert isinstance(project, dict)
+    core = next(d for d in project["dependencies"] if d.startswith("ansible-core"))
+    floor = re.search(r">=([0-9.]+)", core)
+    assert floor is not None, core
+    for lock in ("controller.txt", "dev.txt"):
+        pinned = re.search(r"^ansible-core==([0-9.]+)", (ROOT / "requirements" / lock).read_text(), re.M)
+        assert pinned is not None, lock
+        assert pinned.group(1) == floor.group(1), (lock, pinned.group(1), core)
+
+
 def test_plugins_filter_is_filter_plugins() -> None:
     link = ROOT / "plugins" / "filter"
     assert link.is_symlink()
