@@ -29,7 +29,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not lab_items:
         return
     suite = platforms.lab_suite()  # only now: a run without lab tests needs no lab
-    elsewhere = [item for item, module in lab_items if not platforms.runs_here(module, suite)]
+    elsewhere = [
+        item
+        for item, module in lab_items
+        if not platforms.runs_here(module, suite, getattr(item, "originalname", item.name))
+    ]
     if elsewhere:
         config.hook.pytest_deselected(items=elsewhere)
         items[:] = [item for item in items if item not in elsewhere]

@@ -21,13 +21,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PLATFORMS = ("bookworm", "trixie")
 
-# Module (relative to tests/) -> the one release it runs on in make test; unlisted modules run on both.
+# Module (relative to tests/), or module::test function, -> the one release it runs on in make test; what is
+# not listed runs on both.
 SHARED: dict[str, str] = {
     # e2e: rollout order, runs killed or edited mid-way, check mode, reloads, instance counts, budgets.
     "e2e/test_convergence.py": "bookworm",
     "e2e/test_host_state.py": "bookworm",
     "e2e/test_operations.py": "trixie",
     "e2e/test_budget.py": "trixie",
+    # The exporters (prometheus-client 0.16 / 0.21) are checked on both; the two slow alert drills exercise
+    # the same rules on pg1's Prometheus, once each.
+    "e2e/test_monitoring.py::test_a_saturated_pool_fires_the_waiting_alert_and_it_resolves": "trixie",
+    "e2e/test_monitoring.py::test_stopping_an_instance_fires_instance_down": "bookworm",
     # drills: TLS on trixie's OpenSSL 3.5, the PostgreSQL restart against its PostgreSQL 17.
     "drills/test_rolling_restart.py": "bookworm",
     "drills/test_upgrade.py": "bookworm",
@@ -51,9 +56,9 @@ def lab_suite(state: Path = REPO / ".lab" / "lab.json") -> str:
     return str(suite)
 
 
-def runs_here(module: str, suite: str) -> bool:
-    """Whether the tests of `module` (path relative to tests/) run on a lab of `suite` in make test."""
-    return SHARED.get(module, suite) == suite
+def runs_here(module: str, suite: str, function: str = "") -> bool:
+    """Whether test `function` of `module` (path relative to tests/) runs on a lab of `suite` in make test."""
+    return SHARED.get(f"{module}::{function}", SHARED.get(module, suite)) == suite
 
 
 def split_enabled() -> bool:

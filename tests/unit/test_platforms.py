@@ -16,9 +16,23 @@ LAB_MODULES = sorted(
 )
 
 
-def test_every_shared_entry_names_a_lab_test_module_and_a_platform() -> None:
-    assert set(platforms.SHARED) <= set(LAB_MODULES), set(platforms.SHARED) - set(LAB_MODULES)
+def test_every_shared_entry_names_a_lab_test_module_or_function_and_a_platform() -> None:
+    for key in platforms.SHARED:
+        module, _, function = key.partition("::")
+        assert module in LAB_MODULES, key
+        if function:
+            assert f"def {function}(" in (TESTS / module).read_text(), key
     assert set(platforms.SHARED.values()) <= set(platforms.PLATFORMS)
+
+
+def test_a_function_entry_overrides_its_module() -> None:
+    module = "e2e/test_monitoring.py"
+    function = "test_a_saturated_pool_fires_the_waiting_alert_and_it_resolves"
+    assert module not in platforms.SHARED
+    assert [s for s in platforms.PLATFORMS if platforms.runs_here(module, s, function)] == ["trixie"]
+    assert [
+        s for s in platforms.PLATFORMS if platforms.runs_here(module, s, "test_exporter_credentials_and_unit")
+    ] == list(platforms.PLATFORMS)
 
 
 @pytest.mark.parametrize("module", LAB_MODULES)
