@@ -132,11 +132,12 @@ test: deps venv ## Everything CI runs
 # and a full run is recorded only once its smoke test passed. DEMO_FORCE=1 deploys in full regardless.
 .PHONY: demo
 demo: deps venv lab-image lab-up ## Boot the lab and deploy examples/autopgpool.toml to it
-	$(LAB_LOCK) bash -euo pipefail -c ' \
+	@$(LAB_LOCK) bash -euo pipefail -c ' \
 	if [ "$${DEMO_FORCE:-0}" != 1 ] && python3 lab/labctl.py deployed check; then \
 		echo "Deployment unchanged since the last full make demo: postgres.yml, site.yml and monitoring.yml skipped (DEMO_FORCE=1 runs them)."; \
 		ansible-playbook $(LAB_INVENTORY) playbooks/smoke_test.yml; \
 	else \
+		echo "Deploying in full: lab/playbooks/postgres.yml, playbooks/site.yml, lab/playbooks/monitoring.yml, smoke test."; \
 		python3 lab/labctl.py deployed forget; \
 		ansible-playbook $(LAB_INVENTORY) lab/playbooks/postgres.yml; \
 		ansible-playbook $(LAB_INVENTORY) playbooks/site.yml; \
