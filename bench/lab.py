@@ -41,9 +41,7 @@ def ssh(host: str, argv: Sequence[str], *, stdin: str | None = None, check: bool
 
 def shell(host: str, script: str, *, check: bool = True) -> str:
     """Run a bash script on a lab machine."""
-    # PS1 set (empty): Debian's bash reads /etc/bash.bashrc when sshd starts it, and that file's
-    # `[ -z "$PS1" ]` fails under -u ("PS1: unbound variable", seen in make bench on the minimal image).
-    return ssh(host, ["env", "PS1=", "bash", "-euo", "pipefail", "-c", script], check=check)
+    return ssh(host, ["bash", "-euo", "pipefail", "-c", script], check=check)
 
 
 def put(host: str, path: str, content: str, *, owner: str, mode: str) -> None:
