@@ -235,9 +235,11 @@ def _teardown_pooler() -> None:
     lab.ssh(POOLER, ["sudo", "rm", "-rf", BARE_DIR, PGPASS], check=False)
 
 
-# CPU time (utime + stime, in clock ticks) of the pooler host's long-running processes, summed by name.
+# CPU time (utime + stime, in clock ticks) of the pooler host's long-running processes, summed by name. A
+# process that exits between the glob and its read makes cat exit 1, which pipefail turns into a failed
+# run (seen under -C, where connections come and go): hence `|| true`.
 _CPU_SNAPSHOT = (
-    'cat /proc/[0-9]*/stat 2>/dev/null | awk \'$2 == "(haproxy)" || $2 == "(pgbouncer)" '
+    '{ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk \'$2 == "(haproxy)" || $2 == "(pgbouncer)" '
     '|| $2 == "(systemd-journal)" { t[$2] += $14 + $15 } END { for (k in t) print k, t[k] }\''
 )
 _CPU_NAMES = {"(haproxy)": "haproxy", "(pgbouncer)": "pgbouncer", "(systemd-journal)": "journald"}
