@@ -5,7 +5,8 @@
 every drill. So the tests that exercise what differs between the releases (the packages the roles install,
 the build toolchain, OpenSSL, HAProxy, systemd, PostgreSQL, keepalived, Prometheus) run on both, and each
 test that drives the toolkit's own logic (rollout order, convergence after interrupted runs, the operations
-drills) runs once, on the release named in SHARED below. No test is left out: every module of tests/e2e and
+drills but the rolling restart, which drains through HAProxy) runs once, on the release named in SHARED
+below. No test is left out: every module of tests/e2e and
 tests/drills is either in SHARED or runs on both, which tests/unit/test_platforms.py checks.
 
 The split applies only when AUTOPGPOOL_PLATFORM_SPLIT=1 (molecule's verify sets it); `pytest -m e2e
