@@ -22,7 +22,11 @@ TABLE = yaml.safe_load((ROOT / "roles/pgbouncer_build/vars/main/releases.yml").r
 PIN = TABLE["pgbouncer_build_pinned_version"]
 RELEASES = TABLE["pgbouncer_build_releases"]
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
-BUILD_KEYS = ("pgbouncer_build_version", "pgbouncer_build_sha256", "pgbouncer_build_accept_known_vulnerabilities")
+BUILD_KEYS = (
+    "pgbouncer_build_version",
+    "pgbouncer_build_sha256",
+    "pgbouncer_build_accept_known_vulnerabilities",
+)
 
 PLAY = """\
 - name: The pgbouncer_build role's checks, as site.yml runs them
