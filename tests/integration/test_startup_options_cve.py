@@ -88,7 +88,7 @@ class Instance:
             return None
         return time.monotonic() - start
 
-    def attack(self, options: str) -> dict[str, float | None | str]:
+    def attack(self, options: str) -> dict[str, float | str | None]:
         """Send the startup packet with `options`, then measure a second client and the process's CPU."""
         reply = first_reply(self.port, {"user": "app_user", "database": "app", "options": options})
         cpu_before, started = cpu_seconds(self.pid), time.monotonic()
@@ -119,11 +119,12 @@ def instance(ignore_startup_parameters: list[str] | None = None) -> Iterator[Ins
             f"[pgbouncer]\nignore_startup_parameters = {ignore_startup_parameters!r}\n".replace("'", '"'),
             1,
         )
-    (base / "autopgpool.toml").write_text(toml)
+    toml_path = base / "autopgpool.toml"
+    toml_path.write_text(toml)
     proc: subprocess.Popen[bytes] | None = None
     try:
         subprocess.run(
-            [sys.executable, "-m", "autopgpool.cli", "generate", "--config-path", str(base / "autopgpool.toml"),
+            [sys.executable, "-m", "autopgpool.cli", "generate", "--config-path", str(toml_path),
              "--output-dir", str(conf), "--config-dir", str(conf)],
             check=True, capture_output=True, env={"PATH": os.environ["PATH"], **DEMO_ENV},
         )  # fmt: skip
@@ -184,8 +185,10 @@ def test_default_still_admits_jdbc_and_ignores_client_options() -> None:
         search_path = first_reply(
             inst.port, {"user": "app_user", "database": "app", "options": "-c search_path=x"}
         )
-    assert jdbc is not None and jdbc[:1] == b"R"
-    assert search_path is not None and search_path[:1] == b"R"
+    assert jdbc is not None
+    assert jdbc[:1] == b"R"
+    assert search_path is not None
+    assert search_path[:1] == b"R"
 
 
 def test_operator_list_without_options_refuses_client_options() -> None:
@@ -196,9 +199,11 @@ def test_operator_list_without_options_refuses_client_options() -> None:
             inst.port, {"user": "app_user", "database": "app", "options": "-c search_path=x"}
         )
         seen = inst.attack("-c=")
-    assert refused is not None and refused[:1] == b"E"
+    assert refused is not None
+    assert refused[:1] == b"E"
     assert b"unsupported startup parameter in options: search_path" in refused
-    assert seen["reply"] == "R" and isinstance(seen["second_client_s"], float), seen
+    assert seen["reply"] == "R", seen
+    assert isinstance(seen["second_client_s"], float), seen
 
 
 @pytest.mark.parametrize("listed", [["extra_float_digits"], ["options"]])
@@ -215,4 +220,5 @@ def test_control_a_list_of_one_name_hangs_the_pinned_release(listed: list[str]) 
     print(f"\n{CVE} with ignore_startup_parameters = {listed[0]}: {seen}")
     assert seen["reply"] == "none"
     assert seen["second_client_s"] is None
-    assert isinstance(seen["cpu"], float) and seen["cpu"] > 0.5
+    assert isinstance(seen["cpu"], float)
+    assert seen["cpu"] > 0.25  # a spinning process gets what the scheduler gives it; idle is ~0

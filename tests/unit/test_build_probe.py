@@ -67,7 +67,7 @@ def test_file_in_place_of_directory_is_refused(tmp_path: Path) -> None:
 
 @pytest.fixture
 def root_only(tmp_path: Path) -> Iterator[Path]:
-    """A fresh directory whose every ancestor is root's alone (tmp_path sits under the world-writable /tmp)."""
+    """A fresh directory whose every ancestor is root's alone (tmp_path is under the world-writable /tmp)."""
     base = next(
         (d for d in (Path.home(), Path("/var/lib"), Path("/run")) if not probe.unsafe_path_reasons(str(d))),
         None,

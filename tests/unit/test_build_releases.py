@@ -43,7 +43,8 @@ def test_the_fix_release_has_debians_digest_and_provenance() -> None:
     fixed = RELEASES["1.26.1"]
     assert fixed["sha256"] == "00886a2994b4844cd37110970df777772cfc42a74c400522c82fba509a3f42d9"
     assert fixed["size"] == 898_647
-    assert "Debian" in fixed["source"] and "1.26.1-1" in fixed["source"]
+    assert "Debian" in fixed["source"]
+    assert "1.26.1-1" in fixed["source"]
     assert fixed["known_cves"] == {}
     assert set(RELEASES[PIN]["known_cves"].values()) <= {"1.26.0", "1.26.1"}
 
@@ -53,7 +54,8 @@ def test_the_pin_stays_behind_the_fix_knowingly() -> None:
     README leads operators to the fixed release (tests/unit/test_first_deploy.py runs it through the role)."""
     table = (REPO / "roles/pgbouncer_build/vars/main/releases.yml").read_text()
     pin_comment = table.split("pgbouncer_build_pinned_version:", 1)[0].rsplit("\n\n", 1)[1]
-    assert "not reachable" in pin_comment and "1.26.1" in pin_comment
+    assert "not reachable" in pin_comment
+    assert "1.26.1" in pin_comment
     readme = (REPO / "README.md").read_text()
     assert 'pgbouncer_build_version: "1.26.1"' in readme
     assert RELEASES["1.26.1"]["sha256"] in readme

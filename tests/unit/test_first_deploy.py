@@ -69,7 +69,8 @@ def _assert_build(tmp_path: Path, variables: dict[str, Any]) -> subprocess.Compl
         ANSIBLE_CONFIG=str(tmp_path / "ansible.cfg"),
     )
     return subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-e", f"@{tmp_path / 'vars.json'}", str(tmp_path / "play.yml")],
+        [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-e", f"@{tmp_path / 'vars.json'}",
+         str(tmp_path / "play.yml")],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False,
     )  # fmt: skip
 

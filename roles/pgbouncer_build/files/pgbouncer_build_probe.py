@@ -164,7 +164,7 @@ def artifact_record(build_dir: str, name: str) -> dict[str, Any]:
     """The sha256 the builder recorded for artifact `name` when it built it (`<build_dir>/<name>.sha256`), or
     None when the record cannot be trusted: the build directory is not root's alone, the record is missing, a
     symbolic link, not root's, writable by others, or not a digest. The controller's cache is writable by the
-    controller's user; this record only by root on the builder, so it is what an artifact is checked against."""
+    controller's user; this record only by root on the builder, so an artifact is checked against it."""
     problems = unsafe_path_reasons(build_dir)
     if "/" in name or name in ("", ".", ".."):
         problems.append(f"{name!r} is not a file name")
