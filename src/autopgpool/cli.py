@@ -244,9 +244,10 @@ def _generate(args: argparse.Namespace, toml_text: str) -> int:
         print(f"wrote {out / name} (mode {MODES[name]:04o})")
     print(f"pgbouncer.ini reads userlist.txt and pgbouncer_hba.conf from {config_dir}")
     if args.layout == "standalone":
-        print(f"pgbouncer.ini listens on {_endpoint(info['listen_addr'], info['listen_port'])} and its unix socket")
+        endpoint = _endpoint(info["listen_addr"], info["listen_port"])
+        print(f"pgbouncer.ini listens on {endpoint} and its unix socket")
     else:
-        print("pgbouncer.ini has no listener: each instance-N.ini includes it and sets its own (--layout instances)")
+        print("pgbouncer.ini has no listener: each instance-N.ini includes it and sets its own")
     return 0
 
 

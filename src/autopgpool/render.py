@@ -73,29 +73,24 @@ def dq(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
-def render_ini(
-    config: Config,
-    *,
-    config_dir: str = DEFAULT_CONFIG_DIR,
-    extra_settings: Mapping[str, str] | None = None,
-    standalone: bool = False,
-) -> str:
-    """``standalone``: the file listens itself, on [pgbouncer].listen_addr/listen_port (see the module doc)."""
-    config_dir = config_dir.rstrip("/") or "/"
-    if standalone:
-        about = [
-            f";; One pgbouncer, listening on {config.listen_addr} port {config.listen_port} and on its unix socket",
-            ";; ([pgbouncer] listen_addr and listen_port). [pgbouncer] stays the last section, so a file that",
-            ";; %includes this one may continue it (pidfile, logfile, unix_socket_dir, ...) without a header.",
-        ]
-    else:
-        about = [
-            ";; Shared by all pgbouncer instances on this host; each instance-N.ini includes it and then sets",
-            ";; its own listen_addr, listen_port, unix_socket_dir, pidfile, logfile, peer_id and [peers].",
-            ";; [pgbouncer] stays the last section: the instance file continues it without a header of its own,",
-            ";; because every [pgbouncer] header resets all settings to pgbouncer's defaults.",
-        ]
-    lines = [f";; {HEADER}", *about, "", "[databases]"]
+_INSTANCES_INI_ABOUT = (
+    ";; Shared by all pgbouncer instances on this host; each instance-N.ini includes it and then sets",
+    ";; its own listen_addr, listen_port, unix_socket_dir, pidfile, logfile, peer_id and [peers].",
+    ";; [pgbouncer] stays the last section: the instance file continues it without a header of its own,",
+    ";; because every [pgbouncer] header resets all settings to pgbouncer's defaults.",
+)
+
+
+def _standalone_ini_about(config: Config) -> tuple[str, ...]:
+    return (
+        f";; One pgbouncer, listening on {config.listen_addr} port {config.listen_port} and on its unix",
+        ";; socket ([pgbouncer] listen_addr and listen_port). [pgbouncer] stays the last section, so a file",
+        ";; that %includes this one may continue it (pidfile, logfile, unix_socket_dir) without a header.",
+    )
+
+
+def _database_lines(config: Config) -> list[str]:
+    lines = []
     for pool in config.pools:
         r = pool.remote
         parts = [
@@ -112,6 +107,20 @@ def render_ini(
         if pool.pool_mode is not None:
             parts.append(f"pool_mode={pool.pool_mode}")
         lines.append(f"{ini_key(pool.name)} = {' '.join(parts)}")
+    return lines
+
+
+def render_ini(
+    config: Config,
+    *,
+    config_dir: str = DEFAULT_CONFIG_DIR,
+    extra_settings: Mapping[str, str] | None = None,
+    standalone: bool = False,
+) -> str:
+    """``standalone``: the file listens itself, on [pgbouncer] listen_addr/listen_port (module doc)."""
+    config_dir = config_dir.rstrip("/") or "/"
+    about = _standalone_ini_about(config) if standalone else _INSTANCES_INI_ABOUT
+    lines = [f";; {HEADER}", *about, "", "[databases]", *_database_lines(config)]
 
     user_lines = []
     for user in config.users:
@@ -185,6 +194,30 @@ def render_userlist(
 CLIENT_TLS_REQUIRED = ("require", "verify-ca", "verify-full")
 
 
+def _standalone_hba() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(application users' addresses, console users' addresses, header comment) of the standalone layout."""
+    about = (
+        "# Each user reaches only the pools granted to it, from any address: the TOML names none, and",
+        "# pgbouncer.ini's listen_addr decides where clients can connect. Admin and stats users also reach",
+        "# the pgbouncer console, but only from this host (unix socket, 127.0.0.1, ::1). Backend users",
+        "# (userlist.txt lines with a plain password) are not listed unless declared in [[users]], so",
+        "# they cannot log in as clients.",
+    )
+    return ("all",), (f"{HOST_LOOPBACK}/32", "::1/128"), about
+
+
+def _instances_hba(net: InstanceNetwork) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The same for the roles' per-instance layout (network.py)."""
+    about = (
+        "# Each user reaches only the pools granted to it; admin and stats users also reach the pgbouncer",
+        f"# console, but only from the host (unix socket, {net.operators[0]}) or a declared admin network:",
+        f"# HAProxy connects from {net.frontdoor}, which carries application clients only. Backend",
+        "# users (userlist.txt lines with a plain password) are not listed unless declared in [[users]],",
+        "# so they cannot log in as clients.",
+    )
+    return (net.frontdoor, *net.operators), net.operators, about
+
+
 def render_hba(
     config: Config,
     *,
@@ -199,26 +232,7 @@ def render_hba(
     operators' addresses, console users from the operators' addresses only. ``standalone``: application users
     from any address, console users from the host only (``network`` is not used)."""
     net = network if network is not None else plan_network()
-    if standalone:
-        apps: tuple[str, ...] = ("all",)
-        consoles: tuple[str, ...] = (f"{HOST_LOOPBACK}/32", "::1/128")
-        about = [
-            "# Each user reaches only the pools granted to it, from any address: the TOML names none, and",
-            "# pgbouncer.ini's listen_addr decides where clients can connect. Admin and stats users also reach",
-            "# the pgbouncer console, but only from this host (unix socket, 127.0.0.1, ::1). Backend users",
-            "# (userlist.txt lines with a plain password) are not listed unless declared in [[users]], so",
-            "# they cannot log in as clients.",
-        ]
-    else:
-        apps = (net.frontdoor, *net.operators)
-        consoles = net.operators
-        about = [
-            "# Each user reaches only the pools granted to it; admin and stats users also reach the pgbouncer",
-            f"# console, but only from the host (unix socket, {net.operators[0]}) or a declared admin network:",
-            f"# HAProxy connects from {net.frontdoor}, which carries application clients only. Backend",
-            "# users (userlist.txt lines with a plain password) are not listed unless declared in [[users]],",
-            "# so they cannot log in as clients.",
-        ]
+    apps, consoles, about = _standalone_hba() if standalone else _instances_hba(net)
     tcp = "hostssl" if client_tls_required else "host"
     rows: list[tuple[str, str, str, str, str]] = []
     for user in config.users:

@@ -309,15 +309,14 @@ def standalone() -> Iterator[Standalone]:
             check=True, capture_output=True, cwd=base, **_run_as(),
         )  # fmt: skip
         with (base / "postgres.log").open("wb") as log:
-            procs.append(
-                subprocess.Popen(
-                    [str(PG_BIN / "postgres"), "-D", str(base / "pgdata"), "-p", str(run.pg_port),
-                     "-k", str(base / "pgsock"), "-c", "listen_addresses=127.0.0.1",
-                     "-c", "password_encryption=scram-sha-256"],
-                    stdout=subprocess.DEVNULL, stderr=log, cwd=base, **_run_as(),
-                )  # fmt: skip
-            )
-        _wait_port(run.pg_port, procs[0], "postgres", base / "postgres.log")
+            postgres = subprocess.Popen(
+                [str(PG_BIN / "postgres"), "-D", str(base / "pgdata"), "-p", str(run.pg_port),
+                 "-k", str(base / "pgsock"), "-c", "listen_addresses=127.0.0.1",
+                 "-c", "password_encryption=scram-sha-256"],
+                stdout=subprocess.DEVNULL, stderr=log, cwd=base, **_run_as(),
+            )  # fmt: skip
+        procs.append(postgres)
+        _wait_port(run.pg_port, postgres, "postgres", base / "postgres.log")
         sql = (
             f"CREATE ROLE app_owner LOGIN PASSWORD '{SA_ENV['OWNER_PW']}';\n"
             "CREATE DATABASE app_db OWNER app_owner;\n"

@@ -286,7 +286,7 @@ def test_file_set_without_hard_links_still_rolls_back(
     capsys.readouterr()
 
 
-# --- the layout: standalone (autopg-pool's single pgbouncer) by default, or the roles' files -----------------
+# --- the layout: standalone (autopg-pool's single pgbouncer) by default, or the roles' files ----------
 
 
 def test_generate_by_default_listens_where_the_toml_says(
@@ -309,7 +309,8 @@ def test_generate_layout_instances_writes_what_the_roles_deploy(
     assert _generate_in_process(out, "--layout", "instances") == 0
     assert "has no listener: each instance-N.ini includes it" in capsys.readouterr().out
     toml = FIXTURE.read_text()
-    expected = render_files(toml, {}, config_dir=str(out), previous_userlist=(out / "userlist.txt").read_text())
+    previous = (out / "userlist.txt").read_text()
+    expected = render_files(toml, {}, config_dir=str(out), previous_userlist=previous)
     assert {p.name: p.read_text() for p in out.iterdir()} == expected
     assert "listen_addr" not in expected["pgbouncer.ini"].split("\n[pgbouncer]\n")[1]
 
@@ -324,7 +325,8 @@ def test_generate_prints_an_ipv6_listener_in_brackets(tmp_path: Path) -> None:
 
 
 def test_generate_refuses_an_unknown_layout(tmp_path: Path) -> None:
-    proc = run("generate", "--config-path", str(FIXTURE), "--output-dir", str(tmp_path), "--layout", "x", env={})
+    args = ("generate", "--config-path", str(FIXTURE), "--output-dir", str(tmp_path), "--layout", "x")
+    proc = run(*args, env={})
     assert proc.returncode == 2
     assert "invalid choice: 'x'" in proc.stderr
     assert list(tmp_path.iterdir()) == []
