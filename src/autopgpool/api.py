@@ -106,11 +106,14 @@ def render_files(
     servers: Mapping[str, Any] | None = None,
     network: Mapping[str, Any] | None = None,
     tls: Mapping[str, Any] | None = None,
+    standalone: bool = False,
 ) -> dict[str, str]:
     """The three files, by name. See hashing.py for how salt_key and previous_userlist keep output stable.
 
     pgbouncer.ini carries the per-instance numbers of :func:`budget_plan` for ``instances`` and ``scope``,
-    and the TLS settings of the inventory's ``tls``; the HBA rules follow ``network``.
+    and the TLS settings of the inventory's ``tls``; the HBA rules follow ``network``. ``standalone`` (the
+    CLI's default) renders one pgbouncer listening where [pgbouncer] says, as autopg-pool did, instead of the
+    roles' per-instance layout (render.py's module doc); ``network`` is then not used.
     """
     check_config_dir(config_dir)
     budget = budget_plan(toml_text, secrets, instances=instances, scope=scope, servers=servers)
@@ -121,6 +124,7 @@ def render_files(
         config_dir=config_dir,
         salt_key=salt_key,
         previous_userlist=previous_userlist,
+        standalone=standalone,
     )
 
 
@@ -132,10 +136,11 @@ def _files(
     config_dir: str,
     salt_key: str | bytes | None,
     previous_userlist: str | None,
+    standalone: bool = False,
 ) -> dict[str, str]:
-    net = _network(network)
+    net = _network(None if standalone else network)
     tls_settings, _ = _tls(config, tls, config_dir)
-    ini = render_ini(config, config_dir=config_dir, extra_settings=tls_settings)
+    ini = render_ini(config, config_dir=config_dir, extra_settings=tls_settings, standalone=standalone)
     _check_sections(ini)
     files = {
         "pgbouncer.ini": ini,
@@ -143,7 +148,10 @@ def _files(
             config, salt_key=_salt_bytes(salt_key), previous_userlist=previous_userlist
         ),
         "pgbouncer_hba.conf": render_hba(
-            config, network=net, client_tls_required=tls_settings["client_tls_sslmode"] in CLIENT_TLS_REQUIRED
+            config,
+            network=net,
+            client_tls_required=tls_settings["client_tls_sslmode"] in CLIENT_TLS_REQUIRED,
+            standalone=standalone,
         ),
     }
     return files
