@@ -251,8 +251,10 @@ def _context(params: dict[str, Any]) -> tuple[ssl.SSLContext, str | None]:
     return context, name
 
 
-def _tls(sock: socket.socket, params: dict[str, Any], where: str) -> socket.socket | ssl.SSLSocket:
-    context, name = _context(params)
+def _tls(
+    sock: socket.socket, params: dict[str, Any], where: str, tls: tuple[ssl.SSLContext, str | None]
+) -> socket.socket | ssl.SSLSocket:
+    context, name = tls
     sock.sendall(struct.pack("!II", 8, SSL_REQUEST))
     answer = sock.recv(1)
     if answer == b"N" and params["sslmode"] == "prefer":
@@ -356,6 +358,8 @@ def ping(params: dict[str, Any]) -> dict[str, Any]:
         missing = [k for k in ("user", "password", "database") if not isinstance(params.get(k), str)]
         if missing:
             raise PostgresError(f"missing {', '.join(missing)} (required unless tls_only)")
+    # A CA that cannot be loaded is refused before connecting.
+    tls = _context(params) if params["sslmode"] != "disable" else None
     try:
         raw = socket.create_connection((params["host"], port), timeout=timeout)
     except OSError as err:
@@ -363,8 +367,8 @@ def ping(params: dict[str, Any]) -> dict[str, Any]:
     sock: socket.socket | ssl.SSLSocket = raw
     try:
         sock.settimeout(timeout)
-        if params["sslmode"] != "disable":
-            sock = _tls(raw, params, where)
+        if tls is not None:
+            sock = _tls(raw, params, where, tls)
         with_tls = sock.version() if isinstance(sock, ssl.SSLSocket) else None
         verified = with_tls is not None and params["sslmode"] in VERIFYING
         rows: list[list[str | None]] = []
