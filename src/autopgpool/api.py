@@ -407,8 +407,9 @@ PROBE_AUTH_UNVERIFIED = ["scram-sha-256"]
 
 
 def server_sslmode(config: Config, tls: Mapping[str, Any] | None) -> str:
-    """pgbouncer's effective server_tls_sslmode: the inventory's (``tls``, as the plan gets it) merged with the
-    TOML's exactly as pgbouncer.ini is rendered (tls.plan_settings); raises ConfigError on a contradiction."""
+    """pgbouncer's effective server_tls_sslmode: the inventory's (``tls``, as the plan gets it) merged with
+    the TOML's exactly as pgbouncer.ini is rendered (tls.plan_settings); raises ConfigError on a
+    contradiction."""
     settings, _ = _tls(config, tls, DEFAULT_CONFIG_DIR)
     return settings["server_tls_sslmode"]
 
@@ -488,15 +489,17 @@ def server_limits(declared: Mapping[str, Any] | None, reads: Sequence[Mapping[st
     """Declared limits completed by the servers' answers to LIMITS_QUERY.
 
     ``reads`` holds ``{"server": "host:port", "rows": [[max, superuser_reserved, reserved]]}`` per probe (or
-    the postgres_ping loop's registered results, whose "item" is the probe); what the inventory declares for a
-    server (other_clients, say) is kept. Raises ConfigError on an answer
-    that is not three whole numbers.
+    the postgres_ping loop's registered results, whose "item" is the probe; a skipped one is left out: the
+    run stops later, see validate.yml); what the inventory declares for a server (other_clients, say) is kept.
+    Raises ConfigError on an answer that is not three whole numbers.
     """
     merged: dict[str, Any] = {
         k: dict(v) if isinstance(v, Mapping) else v for k, v in (declared or {}).items()
     }
     problems: list[Problem] = []
     for read in reads:
+        if read.get("skipped"):
+            continue
         # A registered loop result works as is: the server is then under "item" (the probe).
         item = read.get("item")
         server = str(read.get("server") or (item.get("server") if isinstance(item, Mapping) else ""))

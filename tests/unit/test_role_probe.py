@@ -97,3 +97,21 @@ def test_the_right_ca_passes_the_check(tmp_path: Path) -> None:
     assert "Check that every PostgreSQL server verified" in output
     assert fake.connections == 1  # one TLS check, no login
     assert b"app_owner" not in fake.received
+
+
+def test_a_ca_that_is_not_pem_is_reported_with_the_other_tls_files_and_nothing_connects(
+    tmp_path: Path,
+) -> None:
+    ca_file = tmp_path / "not-a-ca.crt"
+    ca_file.write_text("this is not a certificate\n")
+    with FakePostgres("127.0.0.1", ask="password") as fake:
+        config = _toml_naming(tmp_path, fake.port)
+        extra = {
+            "pgbouncer_config_file": str(config),
+            "pgbouncer_server_tls_sslmode": "verify-full",
+            "pgbouncer_server_tls_ca_file": str(ca_file),
+        }
+        code, output = run(tmp_path, "--check", extra=extra, **ONE_INSTANCE)
+    assert code != 0
+    assert "pgbouncer_server_tls_ca_file: not a PEM file" in output
+    assert fake.connections == 0
