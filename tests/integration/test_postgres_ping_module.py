@@ -126,13 +126,15 @@ def test_md5_and_cleartext_only_over_verified_tls_when_allowed(
             _ping(server, user=user, sslmode=sslmode, auth_methods=[method, "scram-sha-256"])
         message = str(refused.value)
         assert f"127.0.0.1:{server['port']} asks for {method} authentication" in message
-        assert "not verified" in message and PASSWORD not in message
+        assert "not verified" in message
+        assert PASSWORD not in message
     with pytest.raises(postgres_ping.PostgresError, match="not in auth_methods"):
         _ping(server, user=user, sslmode="verify-full", sslrootcert=f"{base}/ca.crt")
     result = _ping(server, user=user, sslmode="verify-full", sslrootcert=f"{base}/ca.crt",
                    auth_methods=[method], query="SELECT current_user")  # fmt: skip
     assert result["rows"] == [[user]]
-    assert result["auth_method"] == method and result["verified"] is True
+    assert result["auth_method"] == method
+    assert result["verified"] is True
 
 
 def test_verify_full_against_the_right_ca_and_name(server: dict[str, object]) -> None:
@@ -157,7 +159,9 @@ def test_tls_only_checks_the_certificate_without_logging_in(server: dict[str, ob
     params = {"host": server["host"], "port": server["port"], "sslmode": "verify-full", "tls_only": True,
               "connect_timeout": 5}  # fmt: skip
     result = postgres_ping.ping({**params, "sslrootcert_data": pem, "server_name": "db.test"})
-    assert result["verified"] is True and result["rows"] == [] and result["auth_method"] is None
+    assert result["verified"] is True
+    assert result["rows"] == []
+    assert result["auth_method"] is None
     with pytest.raises(postgres_ping.PostgresError) as refused:
         postgres_ping.ping({**params, "sslrootcert_data": (base / "other-ca.crt").read_text()})
     assert f"TLS with 127.0.0.1:{server['port']}: certificate verify failed" in str(refused.value)
