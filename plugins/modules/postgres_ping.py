@@ -37,8 +37,8 @@ description:
     C(password) (cleartext) are used only when listed in I(auth_methods) B(and) the connection is TLS whose
     certificate was verified (I(sslmode) C(verify-ca) or C(verify-full)); otherwise the module refuses before
     sending anything derived from the password, naming the server (host:port) and the method.
-  - With I(tls_only), only the TLS handshake and its verification: no startup message, no login (for checking
-    that a CA and a name verify a server before anything depends on it).
+  - With I(tls_only), only the TLS handshake and its verification, then close; no startup message, no login
+    (for checking that a CA and a name verify a server before anything depends on it).
   - Needs only Python's standard library. Changes nothing; runs in check mode too.
   - The password is never returned or shown; error messages are the server's or name the step that failed.
 options:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fake_postgres import FakePostgres, server_context
 
@@ -164,3 +165,16 @@ def test_a_ca_that_is_not_pem_is_named() -> None:
     ):
         postgres_ping.ping({"host": "127.0.0.1", "port": 1, "sslmode": "verify-full", "tls_only": True,
                             "sslrootcert_data": "not a certificate"})  # fmt: skip
+
+
+def test_the_documentation_parses_and_names_every_option() -> None:
+    # ansible-doc and ansible-lint read these strings as YAML; a stray "word: " there breaks both.
+    doc = yaml.safe_load(postgres_ping.DOCUMENTATION)
+    yaml.safe_load(postgres_ping.EXAMPLES)
+    returned = yaml.safe_load(postgres_ping.RETURN)
+    options = doc["options"]
+    assert options["auth_methods"]["default"] == ["scram-sha-256"]
+    assert options["auth_methods"]["choices"] == list(postgres_ping.AUTH_METHODS)
+    assert options["sslmode"]["choices"] == ["disable", "prefer", "require", "verify-ca", "verify-full"]
+    assert {"sslrootcert_data", "tls_only", "server_name"} <= set(options)
+    assert {"rows", "tls", "verified", "auth_method", "seconds"} == set(returned)
