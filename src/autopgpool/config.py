@@ -241,6 +241,27 @@ class _Reader:
         return out
 
 
+#: Per-pool and per-user numbers that pgbouncer 1.25.2 does not read as 0 (src/server.c, src/objects.c): 0 is
+#: refused with what pgbouncer would do instead. min_pool_size and reserve_pool_size 0 mean "none" and pass.
+ZERO_IS_NO_LIMIT = {
+    "pool_size": (
+        "expected at least 1, got 0: pgbouncer caps a pool only when its size is above 0, so pool_size = 0 "
+        "means no limit (a server connection for every waiting client, which no connection budget can "
+        "count); write the most server connections this pool may open"
+    ),
+    "max_db_connections": (
+        "expected at least 1, got 0: pgbouncer reads 0 here as no cap of the pool's own and applies "
+        "[pgbouncer].max_db_connections (where 0 means no limit); leave the key out for that, or write "
+        "the cap"
+    ),
+    "max_user_connections": (
+        "expected at least 1, got 0: pgbouncer reads 0 here as no cap of the user's own and applies "
+        "[pgbouncer].max_user_connections (where 0 means no limit); leave the key out for that, or write "
+        "the cap"
+    ),
+}
+
+
 def _check_pool_name(name: str, path: str, problems: Problems) -> bool:
     reason = None
     if not name:
@@ -437,6 +458,9 @@ def _parse_pool(r: _Reader, name: str, raw: object, path: str) -> Pool | None:
     for key in ("pool_size", "min_pool_size", "reserve_pool_size", "max_db_connections"):
         if key in table:
             sizes[key] = r.integer(table[key], key_path(path, key), 0, SIZE_MAX)
+            if sizes[key] == 0 and key in ZERO_IS_NO_LIMIT:
+                r.problems.add(key_path(path, key), ZERO_IS_NO_LIMIT[key])
+                sizes[key] = None
     if remote is None or not name_ok:
         return None
     return Pool(name=name, remote=remote, pool_mode=cast(PoolMode | None, mode), **sizes)
@@ -481,6 +505,9 @@ def _parse_user(r: _Reader, raw: object, path: str, pool_names: set[str]) -> Use
         max_conn = r.integer(
             table["max_user_connections"], key_path(path, "max_user_connections"), 0, SIZE_MAX
         )
+        if max_conn == 0:
+            r.problems.add(key_path(path, "max_user_connections"), ZERO_IS_NO_LIMIT["max_user_connections"])
+            max_conn = None
     if username is None or password is None:
         return None
     return User(
