@@ -8,7 +8,7 @@ from typing import Any
 
 from . import defaults
 from .budget import DEFAULT_SCOPE, Plan, make_fleet, make_limits, plan, server_key
-from .config import parse_config
+from .config import exposure_warnings, parse_config
 from .errors import ConfigError, Problem
 from .frontdoor import haproxy_limits
 from .model import Config
@@ -366,7 +366,9 @@ def _summary(
         "ip_address_allow": list(net.ip_address_allow),
         "file_descriptor_limit": file_descriptor_limit(config),
         "restart_settings": {k: v for k, v in sorted(config.settings.items()) if needs_restart(k)},
-        "warnings": [str(w) for w in config.warnings],
+        "warnings": [
+            str(w) for w in (*config.warnings, *exposure_warnings(config, tls_settings["client_tls_sslmode"]))
+        ],
         "connection_budget": budget.as_dict(),
         "budget_lines": budget.lines(),
     }

@@ -230,7 +230,7 @@ def test_pool_smaller_than_the_fleet_is_refused_with_what_to_change() -> None:
     )
     assert messages == [
         f"pools.{name}.pool_size: pool_size {size} cannot be divided among 66 pgbouncer instances ({scope}) "
-        f"without leaving each a pool of 0: {advice}"
+        f"without leaving each a pool size of 0, which pgbouncer reads as no limit: {advice}"
         for name, size in (("app", 20), ("reporting", 16))
     ]
 
@@ -252,8 +252,39 @@ def test_caps_that_would_become_no_limit_are_refused(pools: str, pgbouncer: str,
     assert "among 4 pgbouncer instances" in message
 
 
-def test_pool_size_zero_stays_zero() -> None:
-    assert budget_plan(toml(pool("a", "pool_size = 0")), ENV, instances=4).config.pools[0].pool_size == 0
+@pytest.mark.parametrize(
+    ("pools", "users", "pgbouncer", "path", "why"),
+    [
+        (pool("a", "pool_size = 0"), "", "", "pools.a.pool_size", "pool_size = 0 means no limit"),
+        (pool("a", "pool_size = 0\nmax_db_connections = 5"), "", "", "pools.a.pool_size", "means no limit"),
+        (pool("a", "max_db_connections = 0"), "", "", "pools.a.max_db_connections", "of the pool's own"),
+        (pool("a", ""), "", "default_pool_size = 0\n", "pgbouncer.default_pool_size", "0 means no limit"),
+        (
+            pool("a", ""),
+            "max_user_connections = 0\n",
+            "",
+            "users[0].max_user_connections",
+            "of the user's own",
+        ),
+    ],
+)
+def test_zero_that_pgbouncer_reads_as_no_limit_is_refused(
+    pools: str, users: str, pgbouncer: str, path: str, why: str
+) -> None:
+    # pgbouncer 1.25.2 caps a pool only when its size is above 0: the budget used to count such a pool as 0
+    # connections and let it pass every max_connections check (tests/integration: what 0 does).
+    text = toml(pools, pgbouncer, users)
+    for instances in (1, 4):
+        with pytest.raises(ConfigError) as exc:
+            budget_plan(text, ENV, instances=instances, servers={"pg:5432": {"max_connections": 100}})
+        (message,) = problems(exc)
+        assert message.startswith(f"{path}: expected ")
+        assert why in message
+
+
+def test_reserve_and_min_pool_size_zero_mean_none_and_pass() -> None:
+    plan = budget_plan(toml(pool("a", "pool_size = 4\nreserve_pool_size = 0\nmin_pool_size = 0")), ENV)
+    assert (plan.config.pools[0].reserve_pool_size, plan.config.pools[0].min_pool_size) == (0, 0)
 
 
 def test_pools_on_one_server_share_its_budget_and_other_servers_do_not() -> None:

@@ -224,7 +224,11 @@ def test_warnings_are_printed_on_stderr(tmp_path: Path) -> None:
     proc = run("validate", "--config-path", str(config), env={})
     assert proc.returncode == 0, proc.stderr
     assert f"{config}: warning: pools.main_db.replica: ignored:" in proc.stderr
-    assert proc.stderr.count("warning:") == 1  # both pools set their own pool_mode: no pool_mode warning
+    # Both pools set their own pool_mode: no pool_mode warning. autopg-pool's example makes its console user
+    # an application user too, and listens everywhere with md5 and no TLS: one warning each.
+    assert proc.stderr.count("warning:") == 3
+    assert "warning: pgbouncer.admin_users[0]: " in proc.stderr
+    assert "warning: pgbouncer.listen_addr: " in proc.stderr
     gen = run("generate", "--config-path", str(config), "--output-dir", str(tmp_path / "o"), env={})
     assert gen.returncode == 0
     assert "warning: pools.main_db.replica" in gen.stderr
