@@ -1,7 +1,9 @@
 """Ansible filters over the autopgpool package: import, map ConfigError to AnsibleFilterError, register.
 
 Playbooks: ``lookup('ansible.builtin.file', path) | autopgpool_render(secrets=vault_map, salt_key=key)``.
-``secrets`` (possibly Vault-encrypted values) is laid over the controller's environment: the mapping wins.
+The TOML's ``$VAR`` expand from ``secrets`` (pgbouncer_secrets, possibly Vault-encrypted values) only; the
+controller's environment is read for the names in ``secrets_from_environment`` and no other
+(pgbouncer_secrets_from_environment, secrets.ansible_sources).
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ try:
     import autopgpool
     from autopgpool import (
         ConfigError,
+        ansible_sources,
         backends,
         deployment_plan,
-        merge_sources,
         render_files,
         summarize,
         validate,
     )
-    from autopgpool.api import limit_probes, server_limits
+    from autopgpool.api import limit_probes, server_limits, server_tls_checks
     from autopgpool.monitoring import exporter_config, file_sd, fleet_table
     from autopgpool.tls import check_ca, check_client_tls
 except ImportError as _exc:
@@ -45,6 +47,7 @@ FILTER_NAMES = (
     "autopgpool_validate",
     "autopgpool_limit_probes",
     "autopgpool_server_limits",
+    "autopgpool_server_tls_checks",
     "autopgpool_exporter_config",
     "autopgpool_file_sd",
     "autopgpool_fleet_table",
@@ -68,9 +71,15 @@ def _missing_package(name: str) -> Callable[..., Any]:
 
 def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
-    def filter_(toml_text: str, secrets: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+    def filter_(
+        toml_text: str,
+        secrets: Mapping[str, Any] | None = None,
+        secrets_from_environment: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         try:
-            return func(str(toml_text), merge_sources(secrets, os.environ), **kwargs)
+            sources = ansible_sources(secrets, secrets_from_environment, os.environ)
+            return func(str(toml_text), sources, **kwargs)
         except ConfigError as exc:
             raise AnsibleFilterError(str(exc)) from None
 
@@ -143,6 +152,8 @@ class FilterModule:
             # Connection budget: who to ask for max_connections (holds passwords), then the limits.
             "autopgpool_limit_probes": _wrap(limit_probes),
             "autopgpool_server_limits": _server_limits,
+            # Which PostgreSQL servers must verify with the server CA before any host changes (no secrets).
+            "autopgpool_server_tls_checks": _wrap(server_tls_checks),
             "autopgpool_exporter_config": _wrap(exporter_config),
             "autopgpool_file_sd": _plain(file_sd),
             "autopgpool_fleet_table": _plain(fleet_table),

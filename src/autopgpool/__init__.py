@@ -2,15 +2,16 @@
 
 from .api import backends, budget_plan, deployment_plan, render_files, summarize, validate
 from .errors import ConfigError, Problem
-from .secrets import merge_sources
+from .secrets import Secrets, ansible_sources
 
 __all__ = [
     "ConfigError",
     "Problem",
+    "Secrets",
+    "ansible_sources",
     "backends",
     "budget_plan",
     "deployment_plan",
-    "merge_sources",
     "render_files",
     "summarize",
     "validate",

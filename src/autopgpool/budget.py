@@ -11,10 +11,11 @@ x hosts.
 
 Divided are pool_size, reserve_pool_size, min_pool_size, max_db_connections (per pool and global),
 default_pool_size and max_user_connections (global and per user). Division is floor division, so the fleet
-never exceeds the budget, with two refusals: a pool size above 0 that would become 0 (the pool would never
-serve a query), and a max_db_connections / max_user_connections above 0 that would become 0 (pgbouncer
-reads 0 as "no limit", so the cap would vanish). reserve_pool_size and min_pool_size may become 0; the plan
-notes it.
+never exceeds the budget, with two refusals: a pool size above 0 that would become 0 (pgbouncer caps a pool
+only when its size is above 0, so the pool would have no limit at all), and a max_db_connections /
+max_user_connections above 0 that would become 0 (pgbouncer reads 0 as "no limit", so the cap would vanish).
+The TOML itself cannot say 0 for these (config.ZERO_IS_NO_LIMIT): every pool the budget counts has a size.
+reserve_pool_size and min_pool_size may become 0 (none); the plan notes it.
 pgbouncer.ini keeps one set of per-instance values, identical on every host.
 
 Then, per PostgreSQL server (pools sharing remote host and port), the fleet's worst case (every instance of
@@ -364,12 +365,14 @@ def _divide_settings(config: Config, d: _Divider) -> tuple[dict[str, str], dict[
         budget = int(settings[key])
         zero_pool = ""
         if key == "default_pool_size" and using_default:
-            zero_pool = f"without leaving pools {', '.join(using_default)} a pool of 0 per instance"
+            zero_pool = (
+                f"without leaving pools {', '.join(using_default)} a pool size of 0 per instance, which "
+                "pgbouncer reads as no limit"
+            )
         value = d.divide(f"pgbouncer.{key}", "[pgbouncer] ", key, budget, zero_pool)
         if key == "default_pool_size":
-            value = max(
-                value, 1
-            )  # pgbouncer refuses 0; used by no pool (else refused above), it opens nothing
+            # 0 would mean no limit to pgbouncer; used by no pool (else refused above), 1 opens nothing.
+            value = max(value, 1)
         if d.n != 1:
             sizes[key] = (budget, value)
         settings[key] = str(value)
@@ -383,7 +386,11 @@ def _divide_pool(pool: Pool, d: _Divider, settings: Mapping[str, str], fleet: Fl
         budget = getattr(pool, key)
         if budget is None:
             continue
-        zero_pool = "without leaving each a pool of 0" if key == "pool_size" else ""
+        zero_pool = (
+            "without leaving each a pool size of 0, which pgbouncer reads as no limit"
+            if key == "pool_size"
+            else ""
+        )
         changes[key] = d.divide(_pool_path(pool, key), f"pool {pool.name}: ", key, budget, zero_pool)
         sizes[key] = (budget, changes[key])
     size = changes.get("pool_size", int(settings.get("default_pool_size", "0")))

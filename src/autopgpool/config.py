@@ -49,7 +49,7 @@ from collections.abc import Iterable, Mapping
 from typing import cast
 
 from . import defaults
-from .errors import Problems
+from .errors import Problem, Problems
 from .model import (
     AUTH_TYPES,
     DEPLOYMENT_OWNED,
@@ -137,12 +137,17 @@ def _unknown_keys(
             problems.add(key_path(path, key), _unknown_message(key, allowed, problems))
 
 
+#: How alike a "did you mean" must be (difflib's ratio). At 0.6, statement_timeout (a PostgreSQL setting)
+#: drew suspend_timeout, a pgbouncer setting with another meaning; typos score 0.85 and above.
+_CLOSE_CUTOFF = 0.75
+
+
 def _close_match(word: str, candidates: Iterable[str], problems: Problems) -> list[str]:
     """A "did you mean" candidate, only while the message still shows new problems: difflib is quadratic,
     and a machine-written file with 100,000 unknown keys would otherwise take minutes."""
     if not problems.worth_detail():
         return []
-    return difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
+    return difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=_CLOSE_CUTOFF)
 
 
 def _unknown_message(key: str, allowed: tuple[str, ...] | list[str], problems: Problems) -> str:
@@ -150,8 +155,95 @@ def _unknown_message(key: str, allowed: tuple[str, ...] | list[str], problems: P
     return f'unknown key, did you mean "{close[0]}"?' if close else "unknown key"
 
 
+#: PostgreSQL settings people write under [pgbouncer], and what pgbouncer has instead (if anything).
+POSTGRES_SETTINGS = {
+    "statement_timeout": "pgbouncer's own query_timeout cancels a query from the pooler's side",
+    "lock_timeout": "",
+    "idle_in_transaction_session_timeout": "pgbouncer's own is idle_transaction_timeout",
+    "idle_session_timeout": "pgbouncer's own are client_idle_timeout and server_idle_timeout",
+    "max_connections": "pgbouncer's own are max_client_conn (clients) and max_db_connections (servers)",
+    "superuser_reserved_connections": "",
+    "work_mem": "",
+    "maintenance_work_mem": "",
+    "shared_buffers": "",
+    "search_path": "",
+    "timezone": "",
+    "application_name": "",
+    "ssl": "pgbouncer's own are client_tls_sslmode and server_tls_sslmode",
+    "password_encryption": "the hash is chosen per user with auth_type here",
+    "log_min_duration_statement": "",
+    "tcp_keepalives_idle": "pgbouncer's own is tcp_keepidle",
+}
+
+
+def _unknown_setting_message(key: str, allowed: list[str], problems: Problems) -> str:
+    if key in POSTGRES_SETTINGS:
+        instead = POSTGRES_SETTINGS[key]
+        return (
+            f"unknown pgbouncer setting: {key} is a PostgreSQL setting, which pgbouncer does not have; "
+            f"set it on the server or per role (ALTER ROLE ... SET {key} = ...)"
+            + (f"; {instead}" if instead else "")
+        )
+    return _unknown_message(key, allowed, problems).replace("unknown key", "unknown pgbouncer setting")
+
+
 def _has_control(text: str) -> bool:
     return any(unicodedata.category(ch) == "Cc" for ch in text)
+
+
+#: Characters a name may not hold because they make it look like another one in pgbouncer_hba.conf, logs
+#: and SHOW output: format characters (bidi overrides U+202A-202E and isolates U+2066-2069, zero-width
+#: U+200B-200D, U+2060, U+FEFF), line/paragraph separators, private-use, unassigned and surrogate code points,
+#: and every space but the ASCII one (U+00A0 looks exactly like it).
+_INVISIBLE_CATEGORIES = ("Cf", "Zl", "Zp", "Co", "Cn", "Cs")
+
+
+def _invisible(text: str) -> str | None:
+    """The first character of ``text`` that is invisible or changes direction, as U+XXXX (no value)."""
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category in _INVISIBLE_CATEGORIES or (category == "Zs" and ch != " "):
+            return f"U+{ord(ch):04X}"
+    return None
+
+
+def _look_alike_reason(what: str, name: str) -> str | None:
+    code = _invisible(name)
+    if code is None:
+        return None
+    return (
+        f"{what} contains {code}, an invisible, spacing or direction-changing character: it would land "
+        "in pgbouncer_hba.conf and in logs looking like another name; write the name with visible "
+        "characters only"
+    )
+
+
+def _check_distinct(names: Iterable[tuple[str, str]], what: str, problems: Problems) -> None:
+    """Refuse names equal after Unicode NFC (one name written composed, one decomposed: pgbouncer sees two
+    names, a person one); warn for names equal after NFKC and case folding ("App" and "app", a full-width
+    letter and its ASCII one)."""
+    by_nfc: dict[str, str] = {}
+    by_fold: dict[str, str] = {}
+    for name, path in names:
+        nfc = unicodedata.normalize("NFC", name)
+        folded = unicodedata.normalize("NFKC", nfc).casefold()
+        if nfc in by_nfc:
+            problems.add(
+                path,
+                f"{what} is the same as the one at {by_nfc[nfc]} after Unicode normalisation (NFC): "
+                "pgbouncer would take them for two names that look identical; write each name once, in one "
+                "form",
+            )
+            continue
+        by_nfc[nfc] = path
+        if folded in by_fold:
+            problems.warn(
+                path,
+                f"{what} differs from the one at {by_fold[folded]} only in case or character width: "
+                "pgbouncer treats them as two names, a person reading the hba file or logs may not",
+            )
+        else:
+            by_fold[folded] = path
 
 
 class _Reader:
@@ -241,6 +333,27 @@ class _Reader:
         return out
 
 
+#: Per-pool and per-user numbers that pgbouncer 1.25.2 does not read as 0 (src/server.c, src/objects.c): 0 is
+#: refused with what pgbouncer would do instead. min_pool_size and reserve_pool_size 0 mean "none" and pass.
+ZERO_IS_NO_LIMIT = {
+    "pool_size": (
+        "expected at least 1, got 0: pgbouncer caps a pool only when its size is above 0, so pool_size = 0 "
+        "means no limit (a server connection for every waiting client, which no connection budget can "
+        "count); write the most server connections this pool may open"
+    ),
+    "max_db_connections": (
+        "expected at least 1, got 0: pgbouncer reads 0 here as no cap of the pool's own and applies "
+        "[pgbouncer].max_db_connections (where 0 means no limit); leave the key out for that, or write "
+        "the cap"
+    ),
+    "max_user_connections": (
+        "expected at least 1, got 0: pgbouncer reads 0 here as no cap of the user's own and applies "
+        "[pgbouncer].max_user_connections (where 0 means no limit); leave the key out for that, or write "
+        "the cap"
+    ),
+}
+
+
 def _check_pool_name(name: str, path: str, problems: Problems) -> bool:
     reason = None
     if not name:
@@ -249,10 +362,17 @@ def _check_pool_name(name: str, path: str, problems: Problems) -> bool:
         reason = f"pool name is longer than {NAME_MAX_BYTES} bytes"
     elif _has_control(name):
         reason = "pool name contains a control character"
+    elif "$" in name:
+        reason = (
+            'pool name contains "$": variables are not expanded in names (a pool would be named "${...}" '
+            "literally); write the database name clients use"
+        )
     elif "'" in name:
         reason = "pool name contains a single quote, which pgbouncer.ini cannot represent in a database name"
     elif name != name.strip():
         reason = "pool name has leading or trailing whitespace"
+    elif _look_alike_reason("pool name", name):
+        reason = _look_alike_reason("pool name", name)
     elif name == "pgbouncer":
         reason = 'pool name "pgbouncer" is reserved for pgbouncer\'s admin console'
     elif name == "*":
@@ -269,6 +389,8 @@ def _check_username(name: str, path: str, problems: Problems) -> bool:
         reason = f"username is longer than {NAME_MAX_BYTES} bytes"
     elif _has_control(name):
         reason = "username contains a control character"
+    elif _look_alike_reason("username", name):
+        reason = _look_alike_reason("username", name)
     elif "'" in name:
         reason = "username contains a single quote, which pgbouncer.ini cannot represent in a [users] key"
     elif "," in name:
@@ -381,6 +503,9 @@ def _parse_remote(r: _Reader, raw: object, path: str) -> Remote | None:
                     f"{'host name' if key == 'host' else key} (a lookup or login that fails at connect time)",
                 )
                 text = None
+            if text is not None and key == "host" and (reason := _host_problem(text)):
+                r.problems.add(sub, reason)
+                text = None
             if text is not None and key in ("database", "username") and len(text.encode()) > NAME_MAX_BYTES:
                 r.problems.add(sub, f"longer than {NAME_MAX_BYTES} bytes")
                 text = None
@@ -395,6 +520,41 @@ def _parse_remote(r: _Reader, raw: object, path: str) -> Remote | None:
         password=cast(str, values["password"]),
         written=tuple(as_written),
     )
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def _host_problem(host: str) -> str | None:
+    """Why pgbouncer could not connect to ``host`` (a message without the value: it may be a secret).
+
+    pgbouncer 1.25.2 takes a unix socket directory (``/...``), an IP address or a DNS name, and a comma list
+    of those; anything else fails only at connect time, as "DNS lookup failed", with clients waiting.
+    """
+    for part in host.split(","):
+        if part.startswith("/"):
+            continue
+        if part.startswith("[") or part.endswith("]"):
+            return (
+                "an IPv6 address in brackets: pgbouncer takes the address itself (::1, not [::1]) and would "
+                'try to look the bracketed text up as a host name ("DNS lookup failed")'
+            )
+        if _is_ip(part) and "%" not in part:
+            continue
+        labels = part.removesuffix(".").split(".")
+        if part and len(part) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels):
+            continue
+        if not part.isascii():
+            return (
+                "expected a host name of ASCII letters, digits, '-' and '.' (an internationalised name in "
+                'its "xn--" form), an IP address or a unix socket directory (/...)'
+            )
+        return (
+            "expected a host name (letters, digits, '-', '.'; labels of at most 63 characters), an IP "
+            'address or a unix socket directory starting with "/"; pgbouncer would fail at connect time '
+            'with "DNS lookup failed"'
+        )
+    return None
 
 
 _MD5_VERIFIER = re.compile(r"md5[0-9a-f]{32}")
@@ -437,6 +597,9 @@ def _parse_pool(r: _Reader, name: str, raw: object, path: str) -> Pool | None:
     for key in ("pool_size", "min_pool_size", "reserve_pool_size", "max_db_connections"):
         if key in table:
             sizes[key] = r.integer(table[key], key_path(path, key), 0, SIZE_MAX)
+            if sizes[key] == 0 and key in ZERO_IS_NO_LIMIT:
+                r.problems.add(key_path(path, key), ZERO_IS_NO_LIMIT[key])
+                sizes[key] = None
     if remote is None or not name_ok:
         return None
     return Pool(name=name, remote=remote, pool_mode=cast(PoolMode | None, mode), **sizes)
@@ -481,6 +644,9 @@ def _parse_user(r: _Reader, raw: object, path: str, pool_names: set[str]) -> Use
         max_conn = r.integer(
             table["max_user_connections"], key_path(path, "max_user_connections"), 0, SIZE_MAX
         )
+        if max_conn == 0:
+            r.problems.add(key_path(path, "max_user_connections"), ZERO_IS_NO_LIMIT["max_user_connections"])
+            max_conn = None
     if username is None or password is None:
         return None
     return User(
@@ -650,8 +816,7 @@ def _parse_pgbouncer(
             r.problems.add(path, f"{key} cannot be set in autopgpool.toml: {DEPLOYMENT_OWNED[key]}")
         elif key not in SETTINGS:
             pool = allowed_direct if not passthrough else sorted(SETTINGS)
-            message = _unknown_message(key, pool, r.problems)
-            r.problems.add(path, f"{message.replace('unknown key', 'unknown pgbouncer setting')}")
+            r.problems.add(path, _unknown_setting_message(key, pool, r.problems))
         else:
             text = _setting_value(r, key, value, path)
             if text is not None:
@@ -679,6 +844,9 @@ def parse_config(toml_text: str, env: Mapping[str, str]) -> Config:
         pools_table = r.table(raw_pools, "pools")
         if pools_table is not None and not pools_table:
             problems.add("pools", "declare at least one [pools.<name>]")
+        _check_distinct(
+            ((name, key_path("pools", name)) for name in (pools_table or {})), "pool name", problems
+        )
         for name, raw in (pools_table or {}).items():
             pool_names.add(name)
             pool = _parse_pool(r, name, raw, key_path("pools", name))
@@ -710,6 +878,7 @@ def parse_config(toml_text: str, env: Mapping[str, str]) -> Config:
             first_seen[user.username] = f"{path}.username"
             users[user.username] = user
 
+    _check_distinct(first_seen.items(), "username", problems)
     _check_backend_users(pools, users, first_seen, problems)
 
     declared = set(first_seen)
@@ -733,6 +902,7 @@ def parse_config(toml_text: str, env: Mapping[str, str]) -> Config:
             )
 
     _warn_pool_mode(data.get("pgbouncer"), pools, settings, problems)
+    _warn_console_and_auth_query(data.get("pgbouncer"), users, admins, settings, problems)
     problems.raise_if_any()
     return Config(
         users=tuple(users[k] for k in sorted(users)),
@@ -771,6 +941,62 @@ def _warn_pool_mode(
             "in transaction mode whatever this said, because it wrote pool_mode=transaction on every "
             'database line. Set pool_mode = "transaction" in those pools to keep that behaviour',
         )
+
+
+#: Settings that only matter for users pgbouncer_hba.conf lets in without a userlist.txt line: there are none.
+AUTH_QUERY_SETTINGS = ("auth_user", "auth_query", "auth_dbname")
+
+
+def _warn_console_and_auth_query(
+    raw: object,
+    users: Mapping[str, User],
+    admins: Iterable[str],
+    settings: Mapping[str, str],
+    problems: Problems,
+) -> None:
+    """What works but is not what the writer meant: an application login that can also stop the pooler,
+    and auth_query settings the rendered hba file makes unreachable."""
+    table = raw if isinstance(raw, dict) else {}
+    admin_list = table.get("admin_users")
+    for i, item in enumerate(admin_list if isinstance(admin_list, list) else []):
+        user = users.get(item) if isinstance(item, str) else None
+        if user is not None and user.grants and item in admins:
+            problems.warn(
+                f"pgbouncer.admin_users[{i}]",
+                f"{_describe(item)} is also an application user (it has grants): whoever holds that "
+                "application's password can PAUSE, SHUTDOWN or RECONFIGURE every instance; give the console "
+                "a user of its own with grants = []",
+            )
+    for key in AUTH_QUERY_SETTINGS:
+        if key in settings and settings[key] != "":
+            where = "pgbouncer." + (key if key in table else f"passthrough_kwargs.{key}")
+            problems.warn(
+                where,
+                "never takes effect: pgbouncer runs with auth_type = hba, pgbouncer_hba.conf admits only "
+                "the [[users]] users, every one of which has its line in userlist.txt, and its final reject "
+                "rules refuse everyone else before auth_query would be asked; declare the users in [[users]] "
+                "(or remove this setting)",
+            )
+
+
+def exposure_warnings(config: Config, client_tls_sslmode: str) -> list[Problem]:
+    """Warnings that need the deployment's client TLS mode (tls.plan_settings): md5 logins in clear text on
+    every address. Like all warnings they name keys, never values."""
+    out: list[Problem] = []
+    everywhere = config.listen_addr in ("*", "0.0.0.0", "::")  # noqa: S104 (a check, not a bind)
+    md5_users = [u.username for u in config.users if config.user_auth_type(u) == "md5"]
+    if everywhere and md5_users and client_tls_sslmode == "disable":
+        names = ", ".join(_describe(n) for n in md5_users[:5]) + (" ..." if len(md5_users) > 5 else "")
+        out.append(
+            Problem(
+                "pgbouncer.listen_addr",
+                f"{_describe(config.listen_addr)} listens on every address with client TLS off, and users "
+                f"{names} log in with md5: anyone on the path can record the challenge and response and "
+                "replay or crack it offline. Turn client TLS on (client_tls_sslmode = require; in Ansible "
+                "pgbouncer_client_tls_sslmode), use scram-sha-256, or listen on one internal address",
+            )
+        )
+    return out
 
 
 def _check_backend_users(

@@ -149,7 +149,11 @@ def needs_restart(name: str) -> bool:
 #
 # * Integer settings (CF_INT) are parsed with strtol() into a long and stored in a C int without a range
 #   check: 2147483648 becomes -2147483648, and anything past the long's range saturates first and becomes -1.
-# * max_packet_size (CF_UINT) goes through strtoul() into an unsigned int: it wraps at 2^32.
+# * max_packet_size (CF_UINT) goes through strtoul() into an unsigned int: it wraps at 2^32; we stop below
+#   2^31, where CVE-2026-107348 starts.
+# * 0 is a number for some settings and "no limit" for others: a pool size of 0 (default_pool_size, a pool's
+#   pool_size) leaves the pool uncapped (launch_new_connection checks the size only when it is above 0), and
+#   max_db_connections / max_user_connections 0 mean no cap (per database / user: "use the global one").
 # * Times (CF_TIME_USEC) are parsed with strtod() and stored as whole microseconds in a 64-bit unsigned
 #   integer, truncating: 0.0000001 becomes 0, which for a timeout means "disabled". Past 2^64 microseconds the
 #   conversion is undefined in C; we stop at 2^63 - 1 microseconds, where time arithmetic is still exact.
@@ -161,14 +165,26 @@ MAX_SECONDS = (2**63 - 1) // USEC_PER_SECOND  # 9223372036854 s, about 292,000 y
 
 #: Integer settings with other bounds than 0..INT_MAX: (low, high, why not lower, why not higher).
 INT_BOUNDS: dict[str, tuple[int, int, str, str]] = {
-    "max_packet_size": (0, UINT_MAX, "", ""),
+    "max_packet_size": (
+        0,
+        INT_MAX,
+        "",
+        "a packet length of 2^31 or more is where CVE-2026-107348 starts in pgbouncer 1.25.2 (the default, "
+        f"{INT_MAX}, is the largest safe value)",
+    ),
     "max_client_conn": (
         1,
         INT_MAX - 10,
         "pgbouncer would accept no client",
         "pgbouncer adds 10 to it for its own file descriptors, which would overflow its int",
     ),
-    "default_pool_size": (1, INT_MAX, "a pool without server connections never serves a query", ""),
+    "default_pool_size": (
+        1,
+        INT_MAX,
+        "pgbouncer caps a pool only when its size is above 0, so 0 means no limit for every pool without a "
+        "pool_size of its own (a server connection for every waiting client, which no budget can count)",
+        "",
+    ),
     "stats_period": (
         1,
         INT_MAX,

@@ -1,4 +1,4 @@
-"""Secrets from the environment: ``"$VAR"``, ``"...${VAR}..."`` and ``$$`` for a literal ``$``.
+"""Secrets for the TOML's variables: ``"$VAR"``, ``"...${VAR}..."`` and ``$$`` for a literal ``$``.
 
 Rules (also in docs/configuration.md):
 
@@ -12,9 +12,14 @@ Rules (also in docs/configuration.md):
   else a reference is an error naming the key and the variable: a value written there may end up in
   pgbouncer.ini, ``SHOW CONFIG``, the summary or an error message, and must not come from a secret.
 
-``NAME`` is ``[A-Za-z_][A-Za-z0-9_]*``. Values come from a mapping passed in; :func:`merge_sources` builds it
-for callers that have both an explicit mapping (Ansible's, possibly from Vault) and a process environment:
-the explicit mapping wins. No message built here ever contains a value, only key paths and variable names.
+``NAME`` is ``[A-Za-z_][A-Za-z0-9_]*``. Values come from a mapping passed in. The CLI passes its whole
+environment (autopg-pool's way: a container's ``-e``). The Ansible filters pass :func:`ansible_sources`: the
+operator's mapping (``pgbouncer_secrets``, Vault) and, from the controller's environment, only the names the
+operator listed in ``pgbouncer_secrets_from_environment``. Whoever can edit the TOML (an application team's
+pull request) can then not make a run read ``CI_JOB_TOKEN`` or ``AWS_SECRET_ACCESS_KEY`` into a remote
+password and send it to a host of their choosing. A :class:`Secrets` mapping says where it looked, so a
+missing variable is reported with the places the run searched. No message built here ever contains a value,
+only key paths and variable names.
 """
 
 from __future__ import annotations
@@ -40,12 +45,64 @@ EXPANDED_KEYS = (
 _WHERE = "users[].password and pools.<name>.remote.{host,port,database,username,password}"
 
 
-def merge_sources(explicit: Mapping[str, object] | None, environ: Mapping[str, str]) -> dict[str, str]:
-    """Variables visible to the config: ``environ`` overlaid by ``explicit`` (explicit wins)."""
-    merged = dict(environ)
+#: The Ansible variables a reference is looked up in (named in messages; the exporter role's own
+#: pgbouncer_exporter_secrets* default to these).
+SECRETS_VARIABLE = "pgbouncer_secrets"
+ENVIRONMENT_VARIABLE = "pgbouncer_secrets_from_environment"
+
+
+class Secrets(dict[str, str]):
+    """The variables a configuration may use, and where they were looked for (:meth:`missing`)."""
+
+    def __init__(self, values: Mapping[str, str], *, environment_names: tuple[str, ...] = ()) -> None:
+        super().__init__(values)
+        self.environment_names = environment_names
+
+    def missing(self, name: str) -> str:
+        """The message for a reference to ``name`` that has no value: where the run looked, no value."""
+        if name in self.environment_names:
+            return (
+                f"variable {name} is neither in {SECRETS_VARIABLE} nor set in the controller's environment "
+                f"(which {ENVIRONMENT_VARIABLE} allows for it); add it to {SECRETS_VARIABLE} (Vault) or "
+                "export it before the run"
+            )
+        allowed = ", ".join(self.environment_names) if self.environment_names else "no name"
+        return (
+            f"variable {name} is not in {SECRETS_VARIABLE} (the run's secrets, e.g. from Vault); the "
+            f"controller's environment is read only for the names listed in {ENVIRONMENT_VARIABLE} "
+            f"({allowed}). Add {name} to {SECRETS_VARIABLE}, or to {ENVIRONMENT_VARIABLE} to take it from "
+            "the environment"
+        )
+
+
+def ansible_sources(
+    explicit: Mapping[str, object] | None, environment_names: object, environ: Mapping[str, str]
+) -> Secrets:
+    """What the Ansible filters expand from: ``explicit`` (pgbouncer_secrets) and, from ``environ``, only
+    the names in ``environment_names`` (pgbouncer_secrets_from_environment); the explicit mapping wins.
+
+    Raises ConfigError when ``environment_names`` is not a list of variable names or ``explicit`` not a
+    mapping (the message names the Ansible variable, never a value).
+    """
+    problems = Problems()
+    names: list[str] = []
+    if environment_names is None:
+        environment_names = []
+    if isinstance(environment_names, str | bytes) or not isinstance(environment_names, list | tuple):
+        problems.add(ENVIRONMENT_VARIABLE, "expected a list of variable names, e.g. [DB_PASSWORD]")
+    else:
+        for i, item in enumerate(environment_names):
+            if isinstance(item, str) and re.fullmatch(_NAME, item):
+                names.append(item)
+            else:
+                problems.add(f"{ENVIRONMENT_VARIABLE}[{i}]", f"expected a variable name ({_NAME})")
+    if explicit is not None and not isinstance(explicit, Mapping):
+        problems.add(SECRETS_VARIABLE, "expected a mapping of variable names to values")
+    problems.raise_if_any()
+    values = {name: environ[name] for name in names if name in environ}
     for key, value in (explicit or {}).items():
-        merged[str(key)] = str(value)
-    return merged
+        values[str(key)] = str(value)
+    return Secrets(values, environment_names=tuple(names))
 
 
 def references(value: str) -> list[str]:
@@ -96,5 +153,8 @@ def _lookup(name: str, path: str, env: Mapping[str, str], problems: Problems, al
         return ""
     if name in env:
         return env[name]
-    problems.add(path, f"environment variable {name} is not set")
+    if isinstance(env, Secrets):
+        problems.add(path, env.missing(name))
+    else:  # the CLI: its environment is the source (autopg-pool's way)
+        problems.add(path, f"environment variable {name} is not set")
     return ""

@@ -10,6 +10,7 @@ pytest would print, connection strings included).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -19,6 +20,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -196,7 +198,8 @@ class Lab:
         return int((self.base / "pgbouncer-1.pid").read_text().strip())
 
     def render(self) -> None:
-        """Write the three files with ``autopgpool generate``, secrets from the environment.
+        """Write the three files with ``autopgpool generate --layout instances`` (what the roles deploy),
+        secrets from the environment.
 
         The CLI replaces each file (new inode), as Ansible's template module does. That matters: pgbouncer
         re-reads userlist.txt on SIGHUP only if its stat() changed, with mtime in whole seconds, so a
@@ -206,7 +209,7 @@ class Lab:
         toml_path.write_text(self.toml)
         proc = subprocess.run(
             [sys.executable, "-m", "autopgpool.cli", "generate", "--config-path", str(toml_path),
-             "--output-dir", str(self.conf), "--config-dir", str(self.conf)],
+             "--output-dir", str(self.conf), "--config-dir", str(self.conf), "--layout", "instances"],
             capture_output=True, text=True, check=False, env={"PATH": os.environ["PATH"], **self.env},
         )  # fmt: skip
         if proc.returncode != 0:
@@ -473,3 +476,66 @@ def test_our_scram_verifier_is_accepted_by_postgresql(lab: Lab) -> None:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     with pytest.raises(Refused, match="password authentication failed"):
         lab.connect("postgres", "direct_login", secret="DIRECT_PW", port=lab.pg_port)
+
+
+def _app_servers(lab: Lab) -> int:
+    """Server connections PostgreSQL sees from the app pool's backend user."""
+    return int(lab.pg_admin("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_owner'"))
+
+
+def test_pool_size_zero_is_no_limit_to_pgbouncer_so_the_toml_refuses_it(lab: Lab) -> None:
+    # What 0 does: pgbouncer 1.25.2 caps a pool only when its size is above 0. The same 6 clients, each
+    # holding a transaction (transaction pooling keeps its server connection until COMMIT), get 2 server
+    # connections under pool_size=2 and 6 under pool_size=0.
+    ini_path = lab.conf / "pgbouncer.ini"
+    original = ini_path.read_text()
+    opened: dict[str, int] = {}
+    try:
+        for size in (2, 0):
+            ini_path.write_text(original.replace(" pool_size=20 ", f" pool_size={size} "))
+            lab.reload()
+            _eventually(lambda size=size: _shown_pool_size(lab) == size, f"pool_size={size} is applied")
+            lab.pg_admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'app_owner'")
+            conns = [lab.connect("app", "app_user", secret="APP_USER_PASSWORD") for _ in range(6)]
+            try:
+                with contextlib.ExitStack() as stack:
+                    for conn in conns:
+                        stack.enter_context(conn)
+                    for conn in conns:
+                        conn.autocommit = False
+                    threads = [threading.Thread(target=_hold_transaction, args=(conn,)) for conn in conns]
+                    for thread in threads:
+                        thread.start()
+                    time.sleep(1.5)
+                    opened[str(size)] = _app_servers(lab)
+                    for thread in threads:
+                        thread.join(timeout=10)
+            finally:
+                for conn in conns:
+                    conn.close()
+    finally:
+        ini_path.write_text(original)
+        lab.reload()
+    assert opened == {"2": 2, "0": 6}
+    # ... which is why the TOML refuses it, naming the key.
+    toml_path = lab.base / "zero.toml"
+    toml_path.write_text(lab.toml.replace("pool_size = 20", "pool_size = 0", 1))
+    proc = subprocess.run(
+        [sys.executable, "-m", "autopgpool.cli", "validate", "--config-path", str(toml_path)],
+        capture_output=True, text=True, check=False, env={"PATH": os.environ["PATH"], **lab.env},
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "pools.app.pool_size: expected at least 1, got 0: pgbouncer caps a pool only when" in proc.stderr
+
+
+def _shown_pool_size(lab: Lab) -> int:
+    rows = lab.console("admin", "ADMIN_PASSWORD", "SHOW DATABASES")
+    header = ["name", "host", "port", "database", "force_user", "pool_size"]  # pgbouncer 1.25.2's order
+    row = next(r for r in rows if r[0] == "app")
+    return int(row[header.index("pool_size")])
+
+
+def _hold_transaction(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+    """One transaction that holds its server connection for 3 s (bounded), then ends."""
+    conn.execute("SELECT pg_sleep(3)")
+    conn.rollback()

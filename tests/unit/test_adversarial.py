@@ -150,10 +150,12 @@ def test_integers_past_pgbouncers_int_say_what_pgbouncer_would_store() -> None:
         "pgbouncer.tcp_keepcnt: expected an integer from 0 to 2147483647, got -3: pgbouncer 1.25.2 does not "
         "check the sign and would have used -3"
     ]
-    assert setting("max_packet_size = 4294967296") == [
-        "pgbouncer.max_packet_size: expected an integer from 0 to 4294967295, got 4294967296: pgbouncer "
-        "1.25.2 would have stored it as 0"
-    ]
+    for big in (2147483648, 4294967295, 4294967296):  # CVE-2026-107348 needs a length of 2^31 or more
+        (message,) = setting(f"max_packet_size = {big}")
+        assert message.startswith(
+            f"pgbouncer.max_packet_size: expected an integer from 0 to 2147483647, got {big}"
+        )
+        assert "CVE-2026-107348" in message
     assert setting("max_client_conn = 2147483640")[0].endswith("which would overflow its int")
     assert setting("stats_period = 0")[0].endswith("on every pass of its event loop")
     assert setting('verbose = "0x10"') == [
@@ -162,10 +164,10 @@ def test_integers_past_pgbouncers_int_say_what_pgbouncer_would_store() -> None:
 
 
 def test_integer_limits_that_pgbouncer_holds_are_accepted() -> None:
-    toml = BASE + "[pgbouncer]\nmax_packet_size = 4294967295\nserver_round_robin = 2147483647\n"
+    toml = BASE + "[pgbouncer]\nmax_packet_size = 2147483647\nserver_round_robin = 2147483647\n"
     toml += 'tcp_keepcnt = "7"\nlog_stats = false\n'
     settings = parse_config(toml, {}).settings
-    assert (settings["max_packet_size"], settings["server_round_robin"]) == ("4294967295", "2147483647")
+    assert (settings["max_packet_size"], settings["server_round_robin"]) == ("2147483647", "2147483647")
     assert (settings["tcp_keepcnt"], settings["log_stats"]) == ("7", "0")
 
 

@@ -35,14 +35,19 @@ PLAY = """\
 RENDER_TASKS = """\
     - name: Validate
       ansible.builtin.debug:
-        msg: "valid={{ toml_text | autopgpool.pool.autopgpool_validate(secrets=vault_secrets) }}"
+        msg: >-
+          valid={{ toml_text | autopgpool.pool.autopgpool_validate(secrets=vault_secrets,
+                                                                   secrets_from_environment=env_names) }}
     - name: Summarize
       ansible.builtin.debug:
-        msg: "{{ toml_text | autopgpool.pool.autopgpool_summary(secrets=vault_secrets) }}"
+        msg: >-
+          {{ toml_text | autopgpool.pool.autopgpool_summary(secrets=vault_secrets,
+                                                            secrets_from_environment=env_names) }}
     - name: Render
       ansible.builtin.set_fact:
         rendered: >-
           {{ toml_text | autopgpool.pool.autopgpool_render(secrets=vault_secrets, salt_key='k',
+                                                           secrets_from_environment=env_names,
                                                            config_dir='/etc/pgb') }}
       no_log: true
     - name: Write the rendered files
@@ -56,14 +61,21 @@ RENDER_TASKS = """\
 
 
 def run_play(
-    tmp_path: Path, toml: Path, tasks: str, secrets: dict[str, str], env: dict[str, str]
+    tmp_path: Path,
+    toml: Path,
+    tasks: str,
+    secrets: dict[str, str],
+    env: dict[str, str],
+    env_names: list[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     (tmp_path / "ansible.cfg").write_text("")
     (tmp_path / "out").mkdir(exist_ok=True)
     playbook = tmp_path / "play.yml"
     playbook.write_text(PLAY.format(toml=toml, tasks=tasks))
     extra = tmp_path / "vars.json"  # stands in for a Vault-encrypted vars file
-    extra.write_text(json.dumps({"vault_secrets": secrets, "out_dir": str(tmp_path / "out")}))
+    extra.write_text(
+        json.dumps({"vault_secrets": secrets, "out_dir": str(tmp_path / "out"), "env_names": env_names or []})
+    )
     full_env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
@@ -93,11 +105,12 @@ def assert_no_secret(output: str) -> None:
 
 
 def test_good_config_renders_through_ansible(tmp_path: Path) -> None:
-    # Secrets split between the mapping (Vault) and the controller environment; the mapping wins where both
-    # define a name, so the environment's bogus APP_USER_PASSWORD must not be used.
+    # Secrets split between the mapping (Vault) and the controller environment, which is read only for the
+    # names the operator allowed; the mapping wins where both define a name, so the environment's bogus
+    # APP_USER_PASSWORD must not be used.
     mapping = {k: v for k, v in DEMO_ENV.items() if k != "STATS_PASSWORD"}
     env = {"STATS_PASSWORD": DEMO_ENV["STATS_PASSWORD"], "APP_USER_PASSWORD": "from-the-environment"}
-    proc = run_play(tmp_path, EXAMPLE, RENDER_TASKS, mapping, env)
+    proc = run_play(tmp_path, EXAMPLE, RENDER_TASKS, mapping, env, ["STATS_PASSWORD", "APP_USER_PASSWORD"])
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert "valid=True" in output
@@ -128,9 +141,54 @@ def test_bad_config_fails_with_key_paths_and_no_traceback(tmp_path: Path) -> Non
     assert proc.returncode != 0
     assert "invalid autopgpool configuration (2 problems)" in output
     assert "pools.app.remote.port: expected an integer from 1 to 65535" in output
-    assert "users[4].password: environment variable STATS_PASSWORD is not set" in output
+    assert "users[4].password: variable STATS_PASSWORD is not in pgbouncer_secrets" in output
     assert "Traceback" not in output
     assert_no_secret(output)
+
+
+def test_environment_is_read_only_for_the_names_the_operator_allowed(tmp_path: Path) -> None:
+    # An application team's pull request points a remote at its own host and its password at the CI token
+    # the controller happens to have in its environment: every filter refuses, naming key and variable.
+    toml = tmp_path / "exfiltrate.toml"
+    toml.write_text(
+        EXAMPLE.read_text().replace('password = "$APP_DB_PASSWORD"', 'password = "${CI_JOB_TOKEN}"', 1)
+    )
+    token = "glcbt-the-ci-token-value-4711"
+    tasks = "".join(
+        f"""    - name: Run {name}
+      ansible.builtin.debug:
+        msg: "{{{{ toml_text | autopgpool.pool.{name}(secrets=vault_secrets) }}}}"
+      ignore_errors: true
+"""
+        for name in (
+            "autopgpool_validate",
+            "autopgpool_summary",
+            "autopgpool_render",
+            "autopgpool_plan",
+            "autopgpool_backends",
+            "autopgpool_limit_probes",
+        )
+    )
+    proc = run_play(tmp_path, toml, tasks, dict(DEMO_ENV), {"CI_JOB_TOKEN": token})
+    output = proc.stdout + proc.stderr
+    assert "ignored=6" in output  # every filter failed
+    for task in output.split("TASK [")[1:]:  # ... each with the key and the variable's name
+        assert "pools.app.remote.password: variable CI_JOB_TOKEN is not in pgbouncer_secrets" in task, task
+    assert "pgbouncer_secrets_from_environment (no name)" in output
+    assert token not in output
+    assert "Traceback" not in output
+    assert_no_secret(output)
+    # Allowed by name, the same reference expands from the environment (and stays out of the output).
+    allowed = """    - name: Validate with CI_JOB_TOKEN allowed from the environment
+      ansible.builtin.debug:
+        msg: "valid={{ toml_text | autopgpool.pool.autopgpool_validate(secrets=vault_secrets,
+                                                                       secrets_from_environment=env_names) }}"
+"""
+    proc = run_play(tmp_path, toml, allowed, dict(DEMO_ENV), {"CI_JOB_TOKEN": token}, ["CI_JOB_TOKEN"])
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "valid=True" in output
+    assert token not in output
 
 
 def test_summary_carries_warnings_and_render_refuses_a_bad_config_dir(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 import pytest
 
-from autopgpool import ConfigError, merge_sources, render_files
+from autopgpool import ConfigError, ansible_sources, render_files
 from autopgpool.errors import Problems
 from autopgpool.secrets import expand
 
@@ -62,6 +62,59 @@ password = "$DB_PASS"
     ]
 
 
-def test_merge_sources_mapping_wins_over_environment() -> None:
-    merged = merge_sources({"A": "from-vault", "N": 5}, {"A": "from-env", "B": "env-only"})
-    assert merged == {"A": "from-vault", "B": "env-only", "N": "5"}
+def test_ansible_sources_read_the_environment_only_for_allowed_names() -> None:
+    environ = {"A": "from-env", "B": "env-only", "CI_JOB_TOKEN": "token", "C": "c"}
+    merged = ansible_sources({"A": "from-vault", "N": 5}, ["A", "B"], environ)
+    assert dict(merged) == {"A": "from-vault", "B": "env-only", "N": "5"}
+    assert dict(ansible_sources({"A": "v"}, [], environ)) == {"A": "v"}
+    assert dict(ansible_sources(None, None, environ)) == {}
+
+
+_REMOTE_TOML = """
+[[users]]
+username = "a"
+password = "pw"
+grants = ["p"]
+[pools.p.remote]
+host = "collector.example"
+port = 5432
+database = "d"
+username = "u"
+password = "${CI_JOB_TOKEN}"
+"""
+
+
+def test_a_reference_outside_the_secrets_says_where_the_run_looked() -> None:
+    environ = {"CI_JOB_TOKEN": "glcbt-secret-token"}
+    with pytest.raises(ConfigError) as err:
+        render_files(_REMOTE_TOML, ansible_sources({"OTHER": "x"}, ["DB_PW"], environ))
+    (problem,) = err.value.problems
+    message = str(problem)
+    assert message.startswith("pools.p.remote.password: variable CI_JOB_TOKEN is not in pgbouncer_secrets")
+    assert "pgbouncer_secrets_from_environment (DB_PW)" in message
+    assert "environment variable CI_JOB_TOKEN is not set" not in message  # the old, misleading wording
+    assert "glcbt-secret-token" not in message
+
+
+def test_an_allowed_name_missing_everywhere_names_both_places() -> None:
+    with pytest.raises(ConfigError) as err:
+        render_files(_REMOTE_TOML, ansible_sources({}, ["CI_JOB_TOKEN"], {}))
+    assert [str(p) for p in err.value.problems] == [
+        "pools.p.remote.password: variable CI_JOB_TOKEN is neither in pgbouncer_secrets nor set in the "
+        "controller's environment (which pgbouncer_secrets_from_environment allows for it); add it to "
+        "pgbouncer_secrets (Vault) or export it before the run"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        ("CI_JOB_TOKEN", "pgbouncer_secrets_from_environment: expected a list of variable names"),
+        (["OK", "not a name"], "pgbouncer_secrets_from_environment[1]: expected a variable name"),
+        ([3], "pgbouncer_secrets_from_environment[0]: expected a variable name"),
+    ],
+)
+def test_the_opt_in_list_is_checked(names: object, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        ansible_sources({}, names, {"CI_JOB_TOKEN": "t"})
+    assert str(err.value.problems[0]).startswith(expected)
