@@ -61,7 +61,7 @@ password = "$R_PW"
 
 [pgbouncer]
 admin_users = ["adm"]
-max_packet_size = 4294967295
+max_packet_size = 2147483647
 server_lifetime = 9223372036854
 query_wait_timeout = 0.000001
 server_idle_timeout = 1234567.5
@@ -145,7 +145,7 @@ def test_default_config_dir_lets_pgbouncer_find_its_files(started: Started) -> N
 
 def test_values_at_the_limits_are_taken_as_written(started: Started) -> None:
     config = started.console("SHOW CONFIG")
-    assert config["max_packet_size"] == "4294967295"
+    assert config["max_packet_size"] == "2147483647"
     assert float(config["server_lifetime"]) == pytest.approx(9223372036854, rel=1e-5)
     assert float(config["query_wait_timeout"]) == pytest.approx(0.000001)
     assert float(config["server_idle_timeout"]) == pytest.approx(1234567.5, rel=1e-5)
