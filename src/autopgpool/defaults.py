@@ -40,10 +40,17 @@ SETTINGS: dict[str, Default] = {
     "default_pool_size": Default(
         10, "autopg-pool's default: server connections per pool unless the pool sets pool_size."
     ),
+    # Rendered as "extra_float_digits, options". On pgbouncer 1.25.2 (and 1.26.0) an `options` startup
+    # parameter of "-c=" (an empty key) makes pgbouncer search this list for "" and spin forever, before any
+    # authentication (CVE-2026-107349, fixed in 1.26.1). The search ends only if the list holds a comma
+    # followed by whitespace (or a trailing comma): a two-item ", "-joined list does, "extra_float_digits"
+    # alone or "options" alone does not (tests/integration/test_startup_options_cve.py measures both).
     "ignore_startup_parameters": Default(
-        "extra_float_digits",
-        "autopg-pool's default: JDBC and others send it at startup; pgbouncer would otherwise refuse "
-        "the login.",
+        "extra_float_digits, options",
+        "extra_float_digits is autopg-pool's default (JDBC and others send it at startup; pgbouncer would "
+        "otherwise refuse the login). options closes CVE-2026-107349 on the pinned pgbouncer: an "
+        "unauthenticated '-c=' startup option no longer hangs the instance. Clients' own options (PGOPTIONS, "
+        "e.g. -c search_path=...) are then ignored instead of refused, except the settings pgbouncer tracks.",
     ),
     "idle_transaction_timeout": Default(
         60,

@@ -164,9 +164,16 @@ def test_only_the_builder_compiles_and_batches_reuse_its_artifact(
 def test_build_dir_on_builder_is_root_only_and_cleaned(
     hosts: tuple[Host, list[Host]], first_build: tuple[str, Path]
 ) -> None:
+    """Nothing of the build is left but the builder's root-owned record of the artifact's sha256: the digest
+    an artifact on the controller must match to be installed (the controller's .sha256 is not trusted)."""
     builder, _ = hosts
+    _, artifacts = first_build
     assert builder.run(f"stat -c '%U:%G %a' {NEW_BUILD_DIR}").strip() == "root:pgbouncer-build 750"
-    assert builder.run(f"ls -A {NEW_BUILD_DIR}").split() == []
+    (artifact,) = [p for p in artifacts.iterdir() if p.name.endswith(".tar.gz")]
+    assert builder.run(f"ls -A {NEW_BUILD_DIR}").split() == [f"{artifact.name}.sha256"]
+    record = f"{NEW_BUILD_DIR}/{artifact.name}.sha256"
+    assert builder.run(f"stat -c '%U:%G %a' {record}").strip() == "root:root 644"
+    assert builder.run(f"cat {record}").strip() == hashlib.sha256(artifact.read_bytes()).hexdigest()
 
 
 def test_second_run_changes_nothing_and_builds_nothing(first_build: tuple[str, Path]) -> None:

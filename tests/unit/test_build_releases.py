@@ -37,6 +37,30 @@ def test_pinned_release_is_known_vulnerable_until_the_pin_moves() -> None:
     assert set(RELEASES["1.25.2"]["known_cves"]) <= set(RELEASES["1.24.1"]["known_cves"])
 
 
+def test_the_fix_release_has_debians_digest_and_provenance() -> None:
+    """1.26.1 fixes every CVE of the pin; its digest comes from Debian's signed source index (unstable,
+    1.26.1-1), recorded with its size and source because no machine of ours could fetch the tarball."""
+    fixed = RELEASES["1.26.1"]
+    assert fixed["sha256"] == "00886a2994b4844cd37110970df777772cfc42a74c400522c82fba509a3f42d9"
+    assert fixed["size"] == 898_647
+    assert "Debian" in fixed["source"]
+    assert "1.26.1-1" in fixed["source"]
+    assert fixed["known_cves"] == {}
+    assert set(RELEASES[PIN]["known_cves"].values()) <= {"1.26.0", "1.26.1"}
+
+
+def test_the_pin_stays_behind_the_fix_knowingly() -> None:
+    """The pin stays on 1.25.2 while a release without known CVEs exists: releases.yml says why, and the
+    README leads operators to the fixed release (tests/unit/test_first_deploy.py runs it through the role)."""
+    table = (REPO / "roles/pgbouncer_build/vars/main/releases.yml").read_text()
+    pin_comment = table.split("pgbouncer_build_pinned_version:", 1)[0].rsplit("\n\n", 1)[1]
+    assert "not reachable" in pin_comment
+    assert "1.26.1" in pin_comment
+    readme = (REPO / "README.md").read_text()
+    assert 'pgbouncer_build_version: "1.26.1"' in readme
+    assert RELEASES["1.26.1"]["sha256"] in readme
+
+
 def test_integration_build_reads_the_table() -> None:
     source = (REPO / "tests/integration/pgbouncer_build.py").read_text()
     assert PIN not in source

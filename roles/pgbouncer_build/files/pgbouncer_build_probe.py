@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Read-only probe of the pgbouncer_build role, run on a host with `ansible.builtin.script`.
 
-One JSON argument in, one JSON object out. Two questions, asked with {"mode": ...}:
+One JSON argument in, one JSON object out. Three questions, asked with {"mode": ...}:
 
 - "install": is the build identified by `identity` (version, tarball sha256, configure options) installed
-  in `prefix`, what does its binary say to `--version`, what did an interrupted run leave behind
+  in `prefix`, what does its binary say to `--version` (asked only when the install root and the binary are
+  root's alone: nothing another user could have placed runs as root), what did an interrupted run leave behind
   (`leftovers`), are the run-time packages installed and marked manual, and is `install_root` a directory
   only root can change.
+- "artifact_record": the sha256 the builder recorded, in its root-owned build directory `path`, for the
+  artifact `name` it built (None when that record is missing or cannot be trusted).
 - "build_dir": may root build under `path`? Only if the path and every existing ancestor are directories,
   no symbolic links, owned by root and writable by nobody else (so no local user can plant or swap
   anything there).
@@ -52,6 +55,28 @@ def unsafe_path_reasons(path: str) -> list[str]:
                 reasons.append(f"{candidate} is owned by uid {st.st_uid}, not root")
             if st.st_mode & 0o022:
                 reasons.append(f"{candidate} is writable by group or others (mode {st.st_mode & 0o7777:04o})")
+    return reasons
+
+
+def unsafe_binary_reasons(binary: str) -> list[str]:
+    """Why root must not execute `binary` (empty when it may): a regular file, not a symbolic link, owned by
+    root and writable by nobody else, in directories that are all root's alone (unsafe_path_reasons). A binary
+    that another user could have replaced is not run, not even for `--version`."""
+    target = Path(binary)
+    reasons = unsafe_path_reasons(str(target.parent))
+    try:
+        st = os.lstat(target)
+    except (FileNotFoundError, NotADirectoryError):
+        return reasons
+    if stat.S_ISLNK(st.st_mode):
+        reasons.append(f"{target} is a symbolic link")
+    elif not stat.S_ISREG(st.st_mode):
+        reasons.append(f"{target} is not a regular file")
+    else:
+        if st.st_uid != 0:
+            reasons.append(f"{target} is owned by uid {st.st_uid}, not root")
+        if st.st_mode & 0o022:
+            reasons.append(f"{target} is writable by group or others (mode {st.st_mode & 0o7777:04o})")
     return reasons
 
 
@@ -114,21 +139,63 @@ def probe_install(params: dict[str, Any]) -> dict[str, Any]:
     an interrupted or damaged install is simply installed again."""
     prefix = str(params["prefix"])
     identity = params["identity"]
+    # Who can change the install root and the binary is settled before anything there runs as root.
+    install_root_problems = unsafe_path_reasons(str(params["install_root"]))
+    binary = str(Path(prefix) / "bin" / "pgbouncer")
+    binary_problems = unsafe_binary_reasons(binary)
     marker = read_marker(prefix)
-    version = binary_version(str(Path(prefix) / "bin" / "pgbouncer")) if marker is not None else None
+    runnable = marker is not None and not install_root_problems and not binary_problems
+    version = binary_version(binary) if runnable else None
     return {
-        "installed": is_installed(marker, identity) and version_ok(version, str(identity["version"])),
+        "installed": runnable
+        and is_installed(marker, identity)
+        and version_ok(version, str(identity["version"])),
         "marker": marker,
         "version": version,
         "leftovers": [p for p in params.get("leftovers", []) if os.path.lexists(p)],
         "packages": packages_ok(list(params.get("packages", []))),
-        "install_root_problems": unsafe_path_reasons(str(params["install_root"])),
+        "install_root_problems": install_root_problems,
+        # A prefix whose binary someone else could have replaced is not run and counts as not installed.
+        "binary_problems": binary_problems,
     }
+
+
+def artifact_record(build_dir: str, name: str) -> dict[str, Any]:
+    """The sha256 the builder recorded for artifact `name` when it built it (`<build_dir>/<name>.sha256`), or
+    None when the record cannot be trusted: the build directory is not root's alone, the record is missing, a
+    symbolic link, not root's, writable by others, or not a digest. The controller's cache is writable by the
+    controller's user; this record only by root on the builder, so an artifact is checked against it."""
+    problems = unsafe_path_reasons(build_dir)
+    if "/" in name or name in ("", ".", ".."):
+        problems.append(f"{name!r} is not a file name")
+    digest = None
+    if not problems:
+        record = Path(build_dir) / f"{name}.sha256"
+        try:
+            st = os.lstat(record)
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        if st is not None:
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(f"{record} is not a regular file")
+            elif st.st_uid != 0:
+                problems.append(f"{record} is owned by uid {st.st_uid}, not root")
+            elif st.st_mode & 0o022:
+                problems.append(f"{record} is writable by group or others (mode {st.st_mode & 0o7777:04o})")
+            else:
+                text = record.read_text(errors="replace").strip()
+                if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+                    digest = text
+                else:
+                    problems.append(f"{record} does not hold a sha256")
+    return {"sha256": digest, "problems": problems}
 
 
 def probe(params: dict[str, Any]) -> dict[str, Any]:
     if params.get("mode") == "build_dir":
         return {"problems": unsafe_path_reasons(str(params["path"]))}
+    if params.get("mode") == "artifact_record":
+        return artifact_record(str(params["path"]), str(params["name"]))
     return probe_install(params)
 
 
