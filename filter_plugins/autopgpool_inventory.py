@@ -1,6 +1,7 @@
 """Ansible filters over autopgpool.inventory: each role's checks of a host's inventory variables.
 
-``{...} | autopgpool_inventory_problems(role, inventory_hostname)``: the problems (sentences naming the variable
+``{...} | autopgpool_inventory_problems(role, inventory_hostname)``: the problems (sentences naming
+the variable
 and the host, never a value) of the host's variables for ``role`` (pgbouncer, haproxy, keepalived), checked on
 the controller by site.yml's first play. ``pgbouncer_summary | autopgpool_tls_warnings``: TLS that leaves
 logins open.

@@ -62,7 +62,7 @@ def _address(value: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
 
 
 def pgbouncer_problems(host: str, values: Mapping[str, Any]) -> list[str]:
-    """pgbouncer_instances, pgbouncer_base_port (and the client port HAProxy binds), the paths and the fd limit.
+    """The instance count, base port (against HAProxy's client port), paths and fd ceiling of a host.
 
     ``values``: pgbouncer_instances (the host's count, from the inventory or its vCPUs), pgbouncer_base_port,
     listen_port (the TOML's client port), pgbouncer_config_dir, pgbouncer_binary,
@@ -95,7 +95,8 @@ def pgbouncer_problems(host: str, values: Mapping[str, Any]) -> list[str]:
         problems.append(f"pgbouncer_nofile_hard_limit ({host}): expected a whole number of file descriptors")
     elif need is not None and need > ceiling:
         problems.append(
-            f"pgbouncer_nofile_hard_limit ({host}): autopgpool.toml needs {need} file descriptors per instance "
+            f"pgbouncer_nofile_hard_limit ({host}): autopgpool.toml needs {need} file descriptors "
+            "per instance "
             "(max_client_conn + every pool's server connections + 100), more than this ceiling; raise it (at "
             "most fs.nr_open) or lower max_client_conn or the pool sizes"
         )
@@ -108,7 +109,7 @@ def haproxy_problems(host: str, values: Mapping[str, Any]) -> list[str]:
     clients = _networks(values.get("haproxy_client_allowlist"))
     if not clients:
         problems.append(
-            f'haproxy_client_allowlist ({host}): expected a non-empty list of networks in CIDR form (e.g. '
+            f"haproxy_client_allowlist ({host}): expected a non-empty list of networks in CIDR form (e.g. "
             '["10.0.0.0/8"]): HAProxy refuses every other client'
         )
     if _networks(values.get("haproxy_stats_allowlist")) is None:
@@ -118,11 +119,14 @@ def haproxy_problems(host: str, values: Mapping[str, Any]) -> list[str]:
         )
     stats = _address(values.get("haproxy_stats_address"))
     if stats is None:
-        problems.append(f"haproxy_stats_address ({host}): expected an IP address (127.0.0.1 keeps it on loopback)")
+        problems.append(
+            f"haproxy_stats_address ({host}): expected an IP address (127.0.0.1 keeps it on loopback)"
+        )
     source = _address(values.get("haproxy_source_address"))
     if source is None or not source.is_loopback or source.version != 4:
         problems.append(
-            f"haproxy_source_address ({host}): expected an IPv4 loopback address (pgbouncer's hba file keeps the "
+            f"haproxy_source_address ({host}): expected an IPv4 loopback address (pgbouncer's hba "
+            "file keeps the "
             "admin console closed to it)"
         )
     if not _is_port(values.get("haproxy_bind_port")):
@@ -130,7 +134,9 @@ def haproxy_problems(host: str, values: Mapping[str, Any]) -> list[str]:
     if not _is_port(values.get("haproxy_stats_port")):
         problems.append(f"haproxy_stats_port ({host}): expected a port from 1 to 65535")
     elif _int(values.get("haproxy_stats_port")) == _int(values.get("haproxy_bind_port")):
-        problems.append(f"haproxy_stats_port ({host}): is the client port (haproxy_bind_port); choose another")
+        problems.append(
+            f"haproxy_stats_port ({host}): is the client port (haproxy_bind_port); choose another"
+        )
     return problems
 
 
@@ -147,15 +153,19 @@ def keepalived_problems(host: str, values: Mapping[str, Any]) -> list[str]:
         source = str(values.get("keepalived_unicast_src_ip") or "")
         if isinstance(facts, Mapping) and interfaces is not None and not interface_of(source, facts):
             return [
-                f"keepalived_unicast_src_ip ({host}): no interface of the host holds this address; set it to the "
+                f"keepalived_unicast_src_ip ({host}): no interface of the host holds this address; "
+                "set it to the "
                 "host's address on the network of the virtual IP, or set keepalived_interface"
             ]
         return []
     if not isinstance(name, str) or not _INTERFACE.fullmatch(name):
-        return [f"keepalived_interface ({host}): expected an interface name (at most 15 letters, digits, . _ @ -)"]
+        return [
+            f"keepalived_interface ({host}): expected an interface name (at most 15 letters, digits, . _ @ -)"
+        ]
     if isinstance(interfaces, Sequence) and not isinstance(interfaces, str) and name not in interfaces:
         return [
-            f"keepalived_interface ({host}): the host has no such interface (ip -br link lists them); leave it "
+            f"keepalived_interface ({host}): the host has no such interface (ip -br link lists "
+            "them); leave it "
             "empty to use the one holding keepalived_unicast_src_ip"
         ]
     return []
@@ -183,15 +193,19 @@ def tls_warnings(summary: Mapping[str, Any]) -> list[str]:
     server = str(summary.get("server_tls_sslmode", ""))
     if server not in VERIFYING_SSLMODES:
         warnings.append(
-            f"pgbouncer_server_tls_sslmode (or [pgbouncer] server_tls_sslmode of autopgpool.toml) is {server!r}: "
-            "pgbouncer does not verify the PostgreSQL servers' certificates, so whoever answers at a server's "
+            "pgbouncer_server_tls_sslmode (or [pgbouncer] server_tls_sslmode of autopgpool.toml) "
+            f"is {server!r}: "
+            "pgbouncer does not verify the PostgreSQL servers' certificates, so whoever answers "
+            "at a server's "
             "address can take its logins; set verify-full with pgbouncer_server_tls_ca_file "
             "(docs/configuration.md, TLS)"
         )
     if not summary.get("client_tls"):
         warnings.append(
-            "client_tls_sslmode ([pgbouncer] of autopgpool.toml) is 'disable': clients' passwords and queries "
-            "cross the network in clear to HAProxy's port; set require with pgbouncer_client_tls_cert_file and "
+            "client_tls_sslmode ([pgbouncer] of autopgpool.toml) is 'disable': clients' passwords "
+            "and queries "
+            "cross the network in clear to HAProxy's port; set require with "
+            "pgbouncer_client_tls_cert_file and "
             "pgbouncer_client_tls_key_file (docs/configuration.md, TLS)"
         )
     return warnings

@@ -1,8 +1,10 @@
 """The lab's PostgreSQL role keeps the backend passwords out of pg1's journal.
 
 become runs a task as `sudo ... /bin/sh -c '<environment> python3 ...'` and sudo logs that command line, so a
-password passed in `environment:` (PGPASSWORD) lands in the journal on every run of lab/playbooks/postgres.yml.
-The role passes it as a module argument instead; this runs the playbook (changed=0 on a deployed lab) and reads
+password passed in `environment:` (PGPASSWORD) lands in the journal on every run of
+lab/playbooks/postgres.yml.
+The role passes it as a module argument instead; this runs the playbook (changed=0 on a deployed
+lab) and reads
 everything pg1 logged meanwhile.
 """
 

@@ -1,4 +1,5 @@
-"""Each role's checks of a host's inventory variables (src/autopgpool/inventory.py), run by site.yml's first play
+"""Each role's checks of a host's inventory variables (src/autopgpool/inventory.py), run by
+site.yml's first play
 before any host changes: every bad value is refused naming the variable and the host, never the value."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """What every playbook does before a host is touched, run by a real ansible-playbook on the controller.
 
-- An inventory without hosts in the group pgbouncer (a misspelt group) or a --limit that leaves none of them is
+- An inventory without hosts in the group pgbouncer (a misspelt group) or a --limit that leaves
+none of them is
   refused naming the group, instead of a green run that did nothing; a --limit to pooler hosts passes.
 - site.yml's forget play leaves no secret in the run's variables: run for real on localhost after a play that
   sets every secret-carrying variable of the roles, and checked statically against every no_log task that
@@ -66,7 +67,9 @@ def run(tmp_path: Path, inventory: str, playbook: Path, *args: str) -> subproces
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("playbook", ["site.yml", "rolling_restart.yml", "upgrade.yml", "fleet.yml", "smoke_test.yml"])
+@pytest.mark.parametrize(
+    "playbook", ["site.yml", "rolling_restart.yml", "upgrade.yml", "fleet.yml", "smoke_test.yml"]
+)
 def test_a_misspelt_pooler_group_is_refused_naming_it(tmp_path: Path, playbook: str) -> None:
     proc = run(tmp_path, MISSPELT, PLAYBOOKS / playbook)
     out = proc.stdout + proc.stderr
@@ -132,15 +135,19 @@ def test_the_forget_play_drops_every_secret_carrying_variable() -> None:
 def test_after_the_forget_play_no_variable_holds_a_secret(tmp_path: Path) -> None:
     names = sorted(secret_variables())
     # Set as the roles do: some by set_fact, the probe's results (and the copies') by register.
-    registered = {"_pgbouncer_limit_reads", "_pgbouncer_planning", "_pgbouncer_shared_copy", "_pgbouncer_tls_on_copy"}
+    registered = {
+        "_pgbouncer_limit_reads",
+        "_pgbouncer_planning",
+        "_pgbouncer_shared_copy",
+        "_pgbouncer_tls_on_copy",
+    }
+    facts = {n: {"password": SECRET} for n in names if n not in registered}
     tasks: list[dict[str, Any]] = [
-        {"name": "Set the run's secrets", "ansible.builtin.set_fact": {n: {"password": SECRET} for n in names
-                                                                         if n not in registered}, "no_log": True},
-    ] + [
-        {"name": f"Register {n}", "ansible.builtin.debug": {"msg": f"password={SECRET}"}, "register": n,
-         "no_log": True}
-        for n in sorted(registered)
-    ]  # fmt: skip
+        {"name": "Set the run's secrets", "ansible.builtin.set_fact": facts, "no_log": True},
+    ]
+    for n in sorted(registered):
+        debug = {"msg": f"password={SECRET}"}
+        tasks.append({"name": f"Register {n}", "ansible.builtin.debug": debug, "register": n, "no_log": True})
     dump = {
         "name": "Dump every variable of the host",
         "hosts": "pgbouncer",
@@ -157,7 +164,11 @@ def test_after_the_forget_play_no_variable_holds_a_secret(tmp_path: Path) -> Non
             }
         ],
     }
-    plays = [{"name": "Run", "hosts": "pgbouncer", "gather_facts": False, "tasks": tasks}, forget_play(), dump]
+    plays = [
+        {"name": "Run", "hosts": "pgbouncer", "gather_facts": False, "tasks": tasks},
+        forget_play(),
+        dump,
+    ]
     playbook = tmp_path / "forget.yml"
     playbook.write_text(yaml.safe_dump(plays, sort_keys=False))
     inventory = (

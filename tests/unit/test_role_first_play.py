@@ -1,4 +1,5 @@
-"""site.yml's first play as it is written (read from playbooks/site.yml), run by a real ansible-playbook over a
+"""site.yml's first play as it is written (read from playbooks/site.yml), run by a real
+ansible-playbook over a
 two-host inventory on localhost: each bad inventory variable stops the run there, naming the variable and the
 host, before the rollout's batches touch any host (issue 24: bad inventory changes nothing)."""
 
@@ -17,7 +18,12 @@ SITE = Path(__file__).resolve().parents[2] / "playbooks" / "site.yml"
 def first_play() -> str:
     plays = yaml.safe_load(SITE.read_text())
     (play,) = [p for p in plays if p.get("hosts") == "pgbouncer" and p.get("any_errors_fatal")]
-    play["tasks"].append({"name": "Reached only when every check passed", "ansible.builtin.debug": {"msg": "first play passed"}})
+    play["tasks"].append(
+        {
+            "name": "Reached only when every check passed",
+            "ansible.builtin.debug": {"msg": "first play passed"},
+        }
+    )
     return yaml.safe_dump([play], sort_keys=False)
 
 

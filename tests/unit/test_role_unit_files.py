@@ -46,9 +46,14 @@ def test_keepalived_has_no_handlers_and_decides_from_the_host() -> None:
 
 
 def test_keepalived_may_write_only_its_runtime_directory() -> None:
-    dropin = (ROLES / "keepalived/templates/etc/systemd/system/keepalived.service.d/hardening.conf.j2").read_text()
+    dropin = (
+        ROLES / "keepalived/templates/etc/systemd/system/keepalived.service.d/hardening.conf.j2"
+    ).read_text()
     writable = [line.split("=", 1)[1] for line in dropin.splitlines() if line.startswith("ReadWritePaths=")]
     assert writable == ["{{ _keepalived_runtime_dir }}"]
-    assert yaml.safe_load((ROLES / "keepalived/vars/main.yml").read_text())["_keepalived_runtime_dir"] == "/run/keepalived"
+    assert (
+        yaml.safe_load((ROLES / "keepalived/vars/main.yml").read_text())["_keepalived_runtime_dir"]
+        == "/run/keepalived"
+    )
     assert "RuntimeDirectory={{ _keepalived_runtime_dir | basename }}" in dropin
     assert "--pid={{ _keepalived_runtime_dir }}/keepalived.pid" in dropin
