@@ -103,7 +103,8 @@ def test_password_change_is_applied_by_reload(tmp_path: Path) -> None:
     old = demo_secrets()["APP_USER_PASSWORD"]
     try:
         # Kept on request (pgbouncer_keep_previous_files), for going back by hand.
-        result = ansible_playbook("playbooks/site.yml", "-e", f"@{extra}", "-e", "pgbouncer_keep_previous_files=true")
+        keep = "pgbouncer_keep_previous_files=true"
+        result = ansible_playbook("playbooks/site.yml", "-e", f"@{extra}", "-e", keep)
         assert result.returncode == 0, result.stdout[-3000:]
         assert task_ran(result.stdout, "Reload pgbouncer instances"), (
             "the rotated password was not applied by a reload"
