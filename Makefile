@@ -23,6 +23,9 @@ APT_PACKAGES := debootstrap systemd-container iproute2 openssh-client rsync curl
 	build-essential pkg-config libevent-dev libssl-dev libc-ares-dev libsystemd-dev \
 	postgresql postgresql-client postgresql-contrib python3-venv haproxy prometheus
 
+# `make test` prints a UTC timestamp as each stage starts, so a CI log shows where its 90 minutes went.
+stage = echo "=== $$(date -u +%FT%TZ) $(1)"
+
 include lab/lab.mk
 -include mk/*.mk
 
@@ -90,8 +93,11 @@ lab-smoke: deps venv lab-image ## Boot the lab twice (idempotent up), check ever
 # Both platforms, one after the other in the same lab slot: Debian 12 (scenario default), then Debian 13.
 .PHONY: molecule
 molecule: deps venv lab-image ## The molecule scenarios on the lab (Debian 12, 13): create, converge, idempotence, verify, destroy
+	@$(call stage,molecule default (Debian 12) starts)
 	$(LAB_LOCK) molecule test -s default
+	@$(call stage,molecule trixie (Debian 13) starts)
 	$(LAB_LOCK) molecule test -s trixie
+	@$(call stage,molecule done)
 
 # The released artifacts as an operator gets them (README.md, "Use it from your own repository").
 .PHONY: role-docs
@@ -119,13 +125,16 @@ consumer: deps venv lab-image ## The built collection + wheel, installed as READ
 .PHONY: test
 test: deps venv ## Everything CI runs
 	@mkdir -p .cache
+	@$(call stage,make test: lint + unit beside lab-smoke + consumer start)
 	@( set +e; $(MAKE) -f $(firstword $(MAKEFILE_LIST)) --no-print-directory lint unit > .cache/test-static.log 2>&1; echo $$? > .cache/test-static.rc ) & \
 	lab=0; $(MAKE) -f $(firstword $(MAKEFILE_LIST)) --no-print-directory lab-smoke consumer || lab=$$?; wait; \
 	echo "=== make lint unit (ran beside make lab-smoke consumer) ==="; cat .cache/test-static.log; \
 	static=$$(cat .cache/test-static.rc); \
 	if [ "$$static" != 0 ] || [ "$$lab" != 0 ]; then \
 		echo "make test: lint + unit exit $$static, lab-smoke + consumer exit $$lab" >&2; exit 1; fi
+	@$(call stage,make test: static checks and lab-smoke + consumer done)
 	$(MAKE) -f $(firstword $(MAKEFILE_LIST)) --no-print-directory molecule
+	@$(call stage,make test: done)
 
 # A warm re-run skips the three deploying playbooks when `labctl deployed check` finds the checkout's inputs and
 # every machine as the last full run left them (lab/README.md, "A warm make demo"); the smoke test always runs,

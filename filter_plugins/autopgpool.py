@@ -29,7 +29,7 @@ try:
         summarize,
         validate,
     )
-    from autopgpool.api import limit_probes, server_limits
+    from autopgpool.api import limit_probes, server_limits, server_tls_checks
     from autopgpool.monitoring import exporter_config, file_sd, fleet_table
     from autopgpool.tls import check_ca, check_client_tls
 except ImportError as _exc:
@@ -45,6 +45,7 @@ FILTER_NAMES = (
     "autopgpool_validate",
     "autopgpool_limit_probes",
     "autopgpool_server_limits",
+    "autopgpool_server_tls_checks",
     "autopgpool_exporter_config",
     "autopgpool_file_sd",
     "autopgpool_fleet_table",
@@ -143,6 +144,8 @@ class FilterModule:
             # Connection budget: who to ask for max_connections (holds passwords), then the limits.
             "autopgpool_limit_probes": _wrap(limit_probes),
             "autopgpool_server_limits": _server_limits,
+            # Which PostgreSQL servers must verify with the server CA before any host changes (no secrets).
+            "autopgpool_server_tls_checks": _wrap(server_tls_checks),
             "autopgpool_exporter_config": _wrap(exporter_config),
             "autopgpool_file_sd": _plain(file_sd),
             "autopgpool_fleet_table": _plain(fleet_table),

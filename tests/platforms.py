@@ -32,6 +32,8 @@ SHARED: dict[str, str] = {
     "e2e/test_budget.py": "trixie",
     # The lab's own PostgreSQL role (not a product role): sudo's journal lines are the same on both.
     "e2e/test_lab_journal.py": "bookworm",
+    # The probe's refusal in site.yml's first play (the module is pure Python: nothing differs by release).
+    "e2e/test_probe.py": "bookworm",
     # The exporters (prometheus-client 0.16 / 0.21) are checked on both; the two slow alert drills exercise
     # the same rules on pg1's Prometheus, once each.
     "e2e/test_monitoring.py::test_a_saturated_pool_fires_the_waiting_alert_and_it_resolves": "trixie",

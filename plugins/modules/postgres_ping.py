@@ -2,8 +2,14 @@
 """Log in to PostgreSQL (or a pooler) the way a client does and run one query, with nothing but Python's
 standard library: the pooler hosts and the controller need no psql, psycopg or libpq.
 
-Speaks the frontend/backend protocol 3.0: SSLRequest and TLS (disable, require, verify-full), startup,
-cleartext, MD5 and SCRAM-SHA-256 authentication (server signature checked), one simple query.
+Speaks the frontend/backend protocol 3.0: SSLRequest and TLS (disable, prefer, require, verify-ca,
+verify-full), startup, SCRAM-SHA-256 (server signature checked) and, only on verified TLS and when allowed,
+MD5 and cleartext authentication; one simple query. Or TLS only: handshake, verify, close.
+
+Whoever answers at host:port may ask for the password in clear (or as an MD5 digest anyone can replay and
+guess offline). So the module sends it that way only to a server whose certificate it verified, and only for a
+method the caller allowed; SCRAM sends a proof that is useless without the password (and checks that the
+server knows the verifier), so it is the default and the only method on an unverified connection.
 """
 
 from __future__ import annotations
@@ -23,10 +29,16 @@ from ansible.module_utils.basic import AnsibleModule
 DOCUMENTATION = r"""
 ---
 module: postgres_ping
-short_description: Log in to PostgreSQL or a pooler as a client and run one query
+short_description: Log in to PostgreSQL or a pooler as a client and run one query, or check its TLS
 description:
-  - Connects to I(host):I(port), negotiates TLS as libpq does (SSLRequest first), authenticates with
-    cleartext, MD5 or SCRAM-SHA-256 (the server's SCRAM signature is verified) and runs one simple query.
+  - Connects to I(host):I(port), negotiates TLS as libpq does (SSLRequest first), authenticates and runs one
+    simple query.
+  - Authentication is SCRAM-SHA-256 by default (the server's SCRAM signature is verified). C(md5) and
+    C(password) (cleartext) are used only when listed in I(auth_methods) B(and) the connection is TLS whose
+    certificate was verified (I(sslmode) C(verify-ca) or C(verify-full)); otherwise the module refuses before
+    sending anything derived from the password, naming the server (host:port) and the method.
+  - With I(tls_only), only the TLS handshake and its verification, then close; no startup message, no login
+    (for checking that a CA and a name verify a server before anything depends on it).
   - Needs only Python's standard library. Changes nothing; runs in check mode too.
   - The password is never returned or shown; error messages are the server's or name the step that failed.
 options:
@@ -39,33 +51,49 @@ options:
     type: int
     default: 5432
   user:
-    description: User to log in as.
+    description: User to log in as. Required unless I(tls_only).
     type: str
-    required: true
   password:
-    description: Its password.
+    description: Its password. Required unless I(tls_only).
     type: str
-    required: true
-    no_log: true
   database:
-    description: Database to connect to.
+    description: Database to connect to. Required unless I(tls_only).
     type: str
-    required: true
   query:
     description: One statement; the rows come back as text.
     type: str
     default: SELECT 1
   sslmode:
-    description: C(disable), C(require) (encrypt, verify nothing) or C(verify-full) (CA and host name).
+    description:
+      - C(disable); C(prefer) (TLS when the server offers it, verifying nothing); C(require) (TLS, verifying
+        nothing); C(verify-ca) (the certificate must chain to the CA); C(verify-full) (the CA and the name
+        I(server_name)).
     type: str
-    choices: [disable, require, verify-full]
+    choices: [disable, prefer, require, verify-ca, verify-full]
     default: disable
   sslrootcert:
-    description: CA file for C(verify-full).
+    description: CA file on the host running the module, for C(verify-ca) and C(verify-full).
     type: path
+  sslrootcert_data:
+    description:
+      - The CA certificates as PEM text, instead of I(sslrootcert) (e.g. a controller file read with
+        C(lookup('ansible.builtin.file', ...)) that is not on the host running the module yet).
+    type: str
   server_name:
     description: Name the certificate must carry for C(verify-full); defaults to I(host).
     type: str
+  auth_methods:
+    description:
+      - Authentication methods the module may answer. C(md5) and C(password) are still refused unless
+        I(sslmode) is C(verify-ca) or C(verify-full).
+    type: list
+    elements: str
+    choices: [scram-sha-256, md5, password]
+    default: [scram-sha-256]
+  tls_only:
+    description: Handshake and verify TLS as I(sslmode) says, then close; no login, no query.
+    type: bool
+    default: false
   connect_timeout:
     description: Seconds for the whole exchange.
     type: float
@@ -74,7 +102,7 @@ options:
 
 EXAMPLES = r"""
 - name: Query PostgreSQL through this host's front door
-  postgres_ping:
+  autopgpool.pool.postgres_ping:
     host: 127.0.0.1
     port: 6432
     user: app_user
@@ -84,11 +112,18 @@ EXAMPLES = r"""
     sslmode: verify-full
     sslrootcert: /etc/ssl/certs/pooler-ca.pem
     server_name: pool1.example.internal
+
+- name: Check that a controller-side CA verifies a PostgreSQL server, from a pooler host
+  autopgpool.pool.postgres_ping:
+    host: pg1.example.internal
+    sslmode: verify-full
+    sslrootcert_data: "{{ lookup('ansible.builtin.file', 'files/postgres-ca.crt') }}"
+    tls_only: true
 """
 
 RETURN = r"""
 rows:
-  description: The rows, each a list of text values (None for NULL).
+  description: The rows, each a list of text values (None for NULL). Empty with I(tls_only).
   returned: success
   type: list
   sample: [["app_db"]]
@@ -97,8 +132,18 @@ tls:
   returned: success
   type: str
   sample: TLSv1.3
+verified:
+  description: Whether the server's certificate was verified (I(sslmode) C(verify-ca) or C(verify-full)).
+  returned: success
+  type: bool
+auth_method:
+  description: The method the server asked for (C(scram-sha-256), C(md5), C(password) or C(trust)); null with
+    I(tls_only).
+  returned: success
+  type: str
+  sample: scram-sha-256
 seconds:
-  description: Time from connect to the query's answer.
+  description: Time from connect to the query's answer (or to the end of the handshake).
   returned: success
   type: float
 """
@@ -177,51 +222,106 @@ def _scram(conn: _Conn, user: str, password: str, mechanisms: list[bytes]) -> No
         raise PostgresError("SCRAM: the server's signature is wrong (it does not know the password)")
 
 
-def _tls(sock: socket.socket, params: dict[str, Any]) -> ssl.SSLSocket:
-    sock.sendall(struct.pack("!II", 8, SSL_REQUEST))
-    answer = sock.recv(1)
-    if answer != b"S":
-        raise PostgresError(f"sslmode={params['sslmode']}, but the server does not offer TLS")
-    if params["sslmode"] == "verify-full":
-        if not params.get("sslrootcert"):
-            raise PostgresError("sslmode=verify-full needs sslrootcert")
-        context = ssl.create_default_context(cafile=params["sslrootcert"])
-        name = params.get("server_name") or params["host"]
+VERIFYING = ("verify-ca", "verify-full")
+AUTH_METHODS = ("scram-sha-256", "md5", "password")
+#: Authentication request codes the module may meet, by the name auth_methods uses.
+_METHOD_NAMES = {3: "password", 5: "md5", 10: "scram-sha-256"}
+_REQUEST_NAMES = {2: "Kerberos V5", 6: "SCM credentials", 7: "GSSAPI", 9: "SSPI"}
+
+
+def _context(params: dict[str, Any]) -> tuple[ssl.SSLContext, str | None]:
+    sslmode = params["sslmode"]
+    if sslmode in VERIFYING:
+        cafile, cadata = params.get("sslrootcert"), params.get("sslrootcert_data")
+        if not cafile and not cadata:
+            raise PostgresError(f"sslmode={sslmode} needs sslrootcert or sslrootcert_data (the CA)")
+        try:
+            context = ssl.create_default_context(cafile=cafile or None, cadata=cadata or None)
+        except (ssl.SSLError, OSError, ValueError) as err:
+            raise PostgresError(f"the CA given for sslmode={sslmode} cannot be loaded: {err}") from None
+        # verify-ca: the chain only, as libpq and pgbouncer check it (the name is not compared).
+        context.check_hostname = sslmode == "verify-full"
+        name = (params.get("server_name") or params["host"]) if sslmode == "verify-full" else None
     else:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         name = None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context, name
+
+
+def _tls(
+    sock: socket.socket, params: dict[str, Any], where: str, tls: tuple[ssl.SSLContext, str | None]
+) -> socket.socket | ssl.SSLSocket:
+    context, name = tls
+    sock.sendall(struct.pack("!II", 8, SSL_REQUEST))
+    answer = sock.recv(1)
+    if answer == b"N" and params["sslmode"] == "prefer":
+        return sock
+    if answer != b"S":
+        raise PostgresError(f"sslmode={params['sslmode']}, but {where} does not offer TLS")
     try:
         return context.wrap_socket(sock, server_hostname=name)
+    except ssl.SSLCertVerificationError as err:
+        raise PostgresError(
+            f"TLS with {where}: certificate verify failed: {err.verify_message} "
+            f"(sslmode={params['sslmode']}{f', name {name}' if name else ''})"
+        ) from None
     except (ssl.SSLError, ssl.CertificateError) as err:
-        raise PostgresError(f"TLS: {err}") from None
+        raise PostgresError(f"TLS with {where}: {err}") from None
 
 
-def _login(conn: _Conn, user: str, password: str, database: str) -> None:
+def _allow(code: int, params: dict[str, Any], where: str) -> None:
+    """Refuse, before anything derived from the password is sent, a method that is not allowed here."""
+    method = _METHOD_NAMES.get(code)
+    if method is None:
+        raise PostgresError(
+            f"{where} asks for {_REQUEST_NAMES.get(code, f'authentication request {code}')}, which this "
+            "module does not support"
+        )
+    allowed = params.get("auth_methods") or ["scram-sha-256"]
+    if method not in allowed:
+        raise PostgresError(
+            f"{where} asks for {method} authentication, which is not in auth_methods "
+            f"({', '.join(allowed)}); refused, the password was not sent"
+        )
+    if method != "scram-sha-256" and params["sslmode"] not in VERIFYING:
+        raise PostgresError(
+            f"{where} asks for {method} authentication over a connection whose certificate is not verified "
+            f"(sslmode={params['sslmode']}); refused, the password was not sent (whoever answers at that "
+            "address would receive it): use sslmode verify-full with the server's CA, or SCRAM"
+        )
+
+
+def _login(conn: _Conn, params: dict[str, Any], where: str) -> str:
+    """Startup and authentication; returns the method the server asked for."""
+    user, password, database = params["user"], params["password"], params["database"]
     startup = b"".join(
         k.encode() + b"\0" + v.encode() + b"\0"
         for k, v in (("user", user), ("database", database), ("application_name", "autopgpool"))
     )
     conn.sock.sendall(struct.pack("!II", len(startup) + 9, PROTOCOL_3) + startup + b"\0")
+    method = "trust"
     while True:
         kind, body = conn.receive()
         if kind == b"Z":
-            return
+            return method
         if kind != b"R":
             continue
         code = struct.unpack("!I", body[:4])[0]
+        if code == 0:
+            continue
+        _allow(code, params, where)
+        method = _METHOD_NAMES[code]
         if code == 3:
             conn.send(b"p", password.encode() + b"\0")
         elif code == 5:
             inner = hashlib.md5((password + user).encode()).hexdigest()  # noqa: S324 - the protocol's hash
             outer = hashlib.md5(inner.encode() + body[4:8]).hexdigest()  # noqa: S324
             conn.send(b"p", b"md5" + outer.encode() + b"\0")
-        elif code == 10:
+        else:
             _scram(conn, user, password, [m for m in body[4:].split(b"\0") if m])
-        elif code != 0:
-            raise PostgresError(f"unsupported authentication request {code}")
 
 
 def _query(conn: _Conn, query: str) -> list[list[str | None]]:
@@ -244,25 +344,47 @@ def _query(conn: _Conn, query: str) -> list[list[str | None]]:
 
 
 def ping(params: dict[str, Any]) -> dict[str, Any]:
-    """Log in and run the query; returns rows, tls and seconds (raises PostgresError)."""
+    """Log in and run the query (or, with tls_only, verify TLS and close); returns rows, tls, verified,
+    auth_method and seconds (raises PostgresError)."""
     started = time.monotonic()
+    params = {"sslmode": "disable", **{k: v for k, v in params.items() if v is not None}}
     timeout = float(params.get("connect_timeout") or 10)
-    where = f"{params['host']}:{params.get('port') or 5432}"
+    port = int(params.get("port") or 5432)
+    where = f"[{params['host']}]:{port}" if ":" in params["host"] else f"{params['host']}:{port}"
+    tls_only = bool(params.get("tls_only"))
+    if tls_only and params["sslmode"] == "disable":
+        raise PostgresError("tls_only needs an sslmode other than disable")
+    if not tls_only:
+        missing = [k for k in ("user", "password", "database") if not isinstance(params.get(k), str)]
+        if missing:
+            raise PostgresError(f"missing {', '.join(missing)} (required unless tls_only)")
+    # A CA that cannot be loaded is refused before connecting.
+    tls = _context(params) if params["sslmode"] != "disable" else None
     try:
-        raw = socket.create_connection((params["host"], int(params.get("port") or 5432)), timeout=timeout)
+        raw = socket.create_connection((params["host"], port), timeout=timeout)
     except OSError as err:
         raise PostgresError(f"cannot connect to {where}: {err}") from None
     sock: socket.socket | ssl.SSLSocket = raw
     try:
         sock.settimeout(timeout)
-        if params.get("sslmode", "disable") != "disable":
-            sock = _tls(raw, params)
-        conn = _Conn(sock)
-        _login(conn, params["user"], params["password"], params["database"])
-        rows = _query(conn, params.get("query") or "SELECT 1")
-        conn.send(b"X", b"")
+        if tls is not None:
+            sock = _tls(raw, params, where, tls)
         with_tls = sock.version() if isinstance(sock, ssl.SSLSocket) else None
-        return {"rows": rows, "tls": with_tls, "seconds": round(time.monotonic() - started, 3)}
+        verified = with_tls is not None and params["sslmode"] in VERIFYING
+        rows: list[list[str | None]] = []
+        method = None
+        if not tls_only:
+            conn = _Conn(sock)
+            method = _login(conn, params, where)
+            rows = _query(conn, params.get("query") or "SELECT 1")
+            conn.send(b"X", b"")
+        return {
+            "rows": rows,
+            "tls": with_tls,
+            "verified": verified,
+            "auth_method": method,
+            "seconds": round(time.monotonic() - started, 3),
+        }
     except OSError as err:
         raise PostgresError(f"{where}: {err}") from None
     finally:
@@ -274,19 +396,29 @@ def main() -> None:  # pragma: no cover - exercised through ansible-playbook in 
         argument_spec={
             "host": {"type": "str", "required": True},
             "port": {"type": "int", "default": 5432},
-            "user": {"type": "str", "required": True},
-            "password": {"type": "str", "required": True, "no_log": True},
-            "database": {"type": "str", "required": True},
+            "user": {"type": "str"},
+            "password": {"type": "str", "no_log": True},
+            "database": {"type": "str"},
             "query": {"type": "str", "default": "SELECT 1"},
             "sslmode": {
                 "type": "str",
-                "choices": ["disable", "require", "verify-full"],
+                "choices": ["disable", "prefer", "require", "verify-ca", "verify-full"],
                 "default": "disable",
             },
             "sslrootcert": {"type": "path"},
+            "sslrootcert_data": {"type": "str"},
             "server_name": {"type": "str"},
+            "auth_methods": {
+                "type": "list",
+                "elements": "str",
+                "choices": list(AUTH_METHODS),
+                "default": ["scram-sha-256"],
+            },
+            "tls_only": {"type": "bool", "default": False},
             "connect_timeout": {"type": "float", "default": 10},
         },
+        mutually_exclusive=[("sslrootcert", "sslrootcert_data")],
+        required_if=[("tls_only", False, ("user", "password", "database"))],
         supports_check_mode=True,
     )
     try:

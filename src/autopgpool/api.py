@@ -15,7 +15,7 @@ from .model import Config
 from .network import INSTANCE_ADDRESS, InstanceNetwork, plan_network
 from .pgbouncer_settings import needs_restart
 from .render import CLIENT_TLS_REQUIRED, DEFAULT_CONFIG_DIR, render_hba, render_ini, render_userlist
-from .tls import plan_settings, raise_problems
+from .tls import VERIFYING, plan_settings, raise_problems
 
 #: systemd's RuntimeDirectory of the instances (each instance's unix socket and its loaded marker).
 DEFAULT_RUNTIME_ROOT = "/run/pgbouncer"
@@ -106,11 +106,14 @@ def render_files(
     servers: Mapping[str, Any] | None = None,
     network: Mapping[str, Any] | None = None,
     tls: Mapping[str, Any] | None = None,
+    standalone: bool = False,
 ) -> dict[str, str]:
     """The three files, by name. See hashing.py for how salt_key and previous_userlist keep output stable.
 
     pgbouncer.ini carries the per-instance numbers of :func:`budget_plan` for ``instances`` and ``scope``,
-    and the TLS settings of the inventory's ``tls``; the HBA rules follow ``network``.
+    and the TLS settings of the inventory's ``tls``; the HBA rules follow ``network``. ``standalone`` (the
+    CLI's default) renders one pgbouncer listening where [pgbouncer] says, as autopg-pool did, instead of the
+    roles' per-instance layout (render.py's module doc); ``network`` is then not used.
     """
     check_config_dir(config_dir)
     budget = budget_plan(toml_text, secrets, instances=instances, scope=scope, servers=servers)
@@ -121,6 +124,7 @@ def render_files(
         config_dir=config_dir,
         salt_key=salt_key,
         previous_userlist=previous_userlist,
+        standalone=standalone,
     )
 
 
@@ -132,10 +136,11 @@ def _files(
     config_dir: str,
     salt_key: str | bytes | None,
     previous_userlist: str | None,
+    standalone: bool = False,
 ) -> dict[str, str]:
-    net = _network(network)
+    net = _network(None if standalone else network)
     tls_settings, _ = _tls(config, tls, config_dir)
-    ini = render_ini(config, config_dir=config_dir, extra_settings=tls_settings)
+    ini = render_ini(config, config_dir=config_dir, extra_settings=tls_settings, standalone=standalone)
     _check_sections(ini)
     files = {
         "pgbouncer.ini": ini,
@@ -143,7 +148,10 @@ def _files(
             config, salt_key=_salt_bytes(salt_key), previous_userlist=previous_userlist
         ),
         "pgbouncer_hba.conf": render_hba(
-            config, network=net, client_tls_required=tls_settings["client_tls_sslmode"] in CLIENT_TLS_REQUIRED
+            config,
+            network=net,
+            client_tls_required=tls_settings["client_tls_sslmode"] in CLIENT_TLS_REQUIRED,
+            standalone=standalone,
         ),
     }
     return files
@@ -385,18 +393,52 @@ LIMITS_QUERY = (
 )
 
 
+#: The probe's sslmode for each effective server_tls_sslmode of pgbouncer. Whenever pgbouncer verifies, the
+#: login that carries the owner's password verifies the CA and the name (verify-full, also under verify-ca);
+#: otherwise it encrypts when pgbouncer would, and answers SCRAM only (postgres_ping's default auth_methods):
+#: a server that asks for MD5 or a cleartext password over an unverified connection is refused before anything
+#: derived from the password leaves. SCRAM without channel binding sends a proof that is useless without the
+#: password, and the server must prove it knows the verifier; a relay in the middle could still use that one
+#: login, as it could pgbouncer's own with the same sslmode. allow is probed as prefer: TLS if offered.
+PROBE_SSLMODES = {
+    "disable": "disable",
+    "allow": "prefer",
+    "prefer": "prefer",
+    "require": "require",
+    "verify-ca": "verify-full",
+    "verify-full": "verify-full",
+}
+#: What the probe answers with pgbouncer's server sslmode verifying (a verified server may ask for MD5 or a
+#: cleartext password, as pgbouncer would send them), and without.
+PROBE_AUTH_VERIFIED = ["scram-sha-256", "md5", "password"]
+PROBE_AUTH_UNVERIFIED = ["scram-sha-256"]
+
+
+def server_sslmode(config: Config, tls: Mapping[str, Any] | None) -> str:
+    """pgbouncer's effective server_tls_sslmode: the inventory's (``tls``, as the plan gets it) merged with
+    the TOML's exactly as pgbouncer.ini is rendered (tls.plan_settings); raises ConfigError on a
+    contradiction."""
+    settings, _ = _tls(config, tls, DEFAULT_CONFIG_DIR)
+    return settings["server_tls_sslmode"]
+
+
 def limit_probes(
-    toml_text: str, secrets: Mapping[str, str], *, servers: Mapping[str, Any] | None = None
+    toml_text: str,
+    secrets: Mapping[str, str],
+    *,
+    servers: Mapping[str, Any] | None = None,
+    tls: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One login per PostgreSQL server whose max_connections ``servers`` does not declare: the first pool's
-    remote (host, port, database, username, password, sslmode for the ping module). The password is a secret.
-
-    sslmode is ``require`` when [pgbouncer].server_tls_sslmode asks for TLS (require, verify-ca, verify-full),
-    else ``disable``: the read verifies no certificate; declare the limits to avoid it.
+    remote (host, port, database, username, password) and how the postgres_ping module connects: sslmode,
+    server_name and auth_methods from pgbouncer's effective server sslmode (``tls`` is the inventory's part,
+    as for :func:`deployment_plan`; see PROBE_SSLMODES). The password is a secret. A declared server is
+    never logged in to.
     """
     config = parse_config(toml_text, secrets)
     declared = make_limits(servers)
-    tls = config.settings.get("server_tls_sslmode", "prefer") in ("require", "verify-ca", "verify-full")
+    mode = server_sslmode(config, tls)
+    verified = mode in VERIFYING
     probes: dict[str, dict[str, Any]] = {}
     for pool in config.pools:
         r = pool.remote
@@ -411,25 +453,61 @@ def limit_probes(
             "database": r.database,
             "username": r.username,
             "password": r.password,
-            "sslmode": "require" if tls else "disable",
+            "sslmode": PROBE_SSLMODES[mode],
+            # The name pgbouncer connects to (host= in [databases]) is the name it verifies.
+            "server_name": r.host,
+            "auth_methods": list(PROBE_AUTH_VERIFIED if verified else PROBE_AUTH_UNVERIFIED),
             "query": LIMITS_QUERY,
         }
     return list(probes.values())
+
+
+def server_tls_checks(
+    toml_text: str, secrets: Mapping[str, str], *, tls: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Every PostgreSQL server the pools name (declared limits or not), when pgbouncer's effective server
+    sslmode verifies: host, port, the same sslmode and the name pgbouncer will check, for a TLS-only
+    postgres_ping with pgbouncer_server_tls_ca_file before any host changes. Empty when pgbouncer verifies
+    nothing. No secrets.
+    """
+    config = parse_config(toml_text, secrets)
+    mode = server_sslmode(config, tls)
+    if mode not in VERIFYING:
+        return []
+    checks: dict[str, dict[str, Any]] = {}
+    for pool in config.pools:
+        r = pool.remote
+        key = server_key(r.host, r.port)
+        checks.setdefault(
+            key,
+            {
+                "server": key,
+                "shown": server_key(r.shown("host"), r.shown("port")),
+                "host": r.host,
+                "port": r.port,
+                # Exactly pgbouncer's check: verify-ca compares no name, so neither does this one.
+                "sslmode": mode,
+                "server_name": r.host,
+            },
+        )
+    return list(checks.values())
 
 
 def server_limits(declared: Mapping[str, Any] | None, reads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Declared limits completed by the servers' answers to LIMITS_QUERY.
 
     ``reads`` holds ``{"server": "host:port", "rows": [[max, superuser_reserved, reserved]]}`` per probe (or
-    the postgres_ping loop's registered results, whose "item" is the probe); what the inventory declares for a
-    server (other_clients, say) is kept. Raises ConfigError on an answer
-    that is not three whole numbers.
+    the postgres_ping loop's registered results, whose "item" is the probe; a skipped one is left out: the
+    run stops later, see validate.yml); what the inventory declares for a server (other_clients, say) is kept.
+    Raises ConfigError on an answer that is not three whole numbers.
     """
     merged: dict[str, Any] = {
         k: dict(v) if isinstance(v, Mapping) else v for k, v in (declared or {}).items()
     }
     problems: list[Problem] = []
     for read in reads:
+        if read.get("skipped"):
+            continue
         # A registered loop result works as is: the server is then under "item" (the probe).
         item = read.get("item")
         server = str(read.get("server") or (item.get("server") if isinstance(item, Mapping) else ""))

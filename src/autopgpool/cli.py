@@ -7,6 +7,11 @@ unexpected is reported by its exception type only, since its message could hold 
 ``generate`` writes the three files as one set: each is written and synced to a temporary file beside its
 destination first, and only when all three exist are they renamed into place; if a rename fails, the files
 already replaced are put back, so the directory holds all old or all new files.
+
+``generate`` renders one pgbouncer that works on its own by default (``--layout standalone``), as
+autopg-pool's did: pgbouncer.ini listens on [pgbouncer] listen_addr/listen_port and the hba file lets each
+user reach its pools from any address. ``--layout instances`` renders what the Ansible roles deploy instead
+(a shared file for instance-N.ini to include, hba rules for HAProxy's source address), for review.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .reading import MAX_CONFIG_BYTES, read_config_file
 
 DEFAULT_SALT_ENV = "AUTOPGPOOL_SCRAM_SALT_KEY"
 MODES = {"pgbouncer.ini": 0o600, "userlist.txt": 0o600, "pgbouncer_hba.conf": 0o644}
+LAYOUTS = ("standalone", "instances")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
         help="where pgbouncer will read userlist.txt and pgbouncer_hba.conf, written into pgbouncer.ini "
         "(default: the absolute path of --output-dir, as autopg-pool did; give it when the files are "
         "moved elsewhere, e.g. /etc/pgbouncer)",
+    )
+    gen.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="standalone",
+        help="standalone (default): one pgbouncer listening on [pgbouncer] listen_addr:listen_port (default "
+        "0.0.0.0:6432), each user reaching its pools from any address, the console from this host only, as "
+        "autopg-pool ran it; instances: the files the Ansible roles deploy (no listener of its own, "
+        "included by each instance-N.ini, hba rules for HAProxy's source address)",
     )
     gen.add_argument(
         "--salt-key-env",
@@ -211,6 +226,7 @@ def _generate(args: argparse.Namespace, toml_text: str) -> int:
             salt_key=os.environ.get(args.salt_key_env) or None,
             previous_userlist=_previous_userlist(out / "userlist.txt"),
             instances=args.instances,
+            standalone=args.layout == "standalone",
         )
         info = summarize(toml_text, env, instances=args.instances)
     except ConfigError as exc:
@@ -227,7 +243,16 @@ def _generate(args: argparse.Namespace, toml_text: str) -> int:
     for name in files:
         print(f"wrote {out / name} (mode {MODES[name]:04o})")
     print(f"pgbouncer.ini reads userlist.txt and pgbouncer_hba.conf from {config_dir}")
+    if args.layout == "standalone":
+        endpoint = _endpoint(info["listen_addr"], info["listen_port"])
+        print(f"pgbouncer.ini listens on {endpoint} and its unix socket")
+    else:
+        print("pgbouncer.ini has no listener: each instance-N.ini includes it and sets its own")
     return 0
+
+
+def _endpoint(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 if __name__ == "__main__":

@@ -9,22 +9,35 @@ This file runs on the pooler hosts as a standalone script (the pgbouncer_exporte
 python3-prometheus-client and python3-psycopg provide the imports), so it imports nothing from the rest of the
 package. The controller side (building the configuration, the fleet table) is in ``monitoring.py``.
 
-Configuration: one JSON file, written by the role, readable only by the exporter's user because it holds the
-stats user's password::
+Configuration: one JSON file, written by the role (root-owned, readable by the exporter's group alone: it
+holds the stats user's password, and the exporter cannot rewrite it)::
 
     {"host": "pool1", "listen_address": "127.0.0.1", "listen_port": 9127, "allow": ["127.0.0.0/8"],
      "user": "stats", "password": "...", "connect_timeout": 3,
+     "timeout": 5, "max_connections": 256, "cache_seconds": 2,
      "instances": [{"id": 1, "socket_dir": "/run/pgbouncer/1", "port": 6401, "fd_limit": 1024}],
      "postgres_max_connections": {"pg1:5432": 100}}
+
+The HTTP side is one event loop (selectors) and one scrape thread, whatever the number of clients: an idle or
+slow connection costs a file descriptor and a small buffer, never a thread, and is closed ``timeout`` seconds
+after it was accepted unless its request has arrived by then. At most ``max_connections`` are open; one more
+closes the oldest that has not sent its request. Only ``GET``/``HEAD /metrics`` is served (404 elsewhere, 405
+for other methods), one request per connection, and the page is the snapshot of the last scrape while it is
+younger than ``cache_seconds``: requests that arrive during a scrape wait for it and share it, so a flood of
+requests is never more than one console scrape per ``cache_seconds`` on the instances.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import ipaddress
 import json
+import math
+import resource
+import selectors
 import socket
-import socketserver
 import sys
 import threading
 import time
@@ -32,9 +45,24 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 DEFAULT_CONFIG = "/etc/autopgpool-exporter/exporter.json"
+# HTTP defaults: seconds a connection has to send its request, open connections, seconds a scrape is served.
+DEFAULT_TIMEOUT = 5
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_CACHE_SECONDS = 2.0
+# A request line and headers larger than this are refused (Prometheus sends about 300 bytes).
+MAX_REQUEST_BYTES = 8192
+# Threads of the serving process: the event loop and the scrape thread, whatever the number of clients.
+THREADS = 2
+# File descriptors besides the clients and one console per instance: the listener, epoll, the wakeup pair,
+# stdio, and what Python and libpq open while importing and connecting.
+FD_RESERVE = 64
+# Memory of the serving process with its imports (measured ~35 MiB RSS, Python 3.11 and 3.13), and what one
+# client connection may add in the worst case (its request buffer and the kernel's socket buffers, which the
+# unit's cgroup is charged for).
+BASE_MEMORY_MIB = 96
+CONNECTION_MEMORY_KIB = 256
 
 # SHOW POOLS columns -> the ``state`` label of pgbouncer_pool_clients / pgbouncer_pool_servers.
 CLIENT_STATES = {
@@ -103,6 +131,28 @@ class ExporterConfig:
     allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     connect_timeout: int = 3
     postgres_max_connections: Mapping[str, int] = field(default_factory=dict)
+    timeout: int = DEFAULT_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    cache_seconds: float = DEFAULT_CACHE_SECONDS
+
+    def file_descriptors(self) -> int:
+        """File descriptors the serving process needs: every client, one console per instance, the rest."""
+        return self.max_connections + len(self.instances) + FD_RESERVE
+
+
+def unit_limits(config: ExporterConfig) -> dict[str, Any]:
+    """The systemd limits of the exporter's unit, sized from its bounds (the role writes them into the unit).
+
+    TasksMax leaves room for a few short-lived tasks beside the two threads; LimitNOFILE is exactly what the
+    process needs (it lowers max_connections itself if given less); MemoryMax is the base process plus the
+    worst case of every allowed connection.
+    """
+    memory = BASE_MEMORY_MIB + math.ceil(config.max_connections * CONNECTION_MEMORY_KIB / 1024)
+    return {
+        "tasks_max": THREADS + 6,
+        "nofile": config.file_descriptors(),
+        "memory_max": f"{memory}M",
+    }
 
 
 def _int(data: Mapping[str, Any], key: str, where: str, *, lo: int, hi: int, errors: list[str]) -> int:
@@ -119,6 +169,21 @@ def _str(data: Mapping[str, Any], key: str, where: str, errors: list[str]) -> st
         errors.append(f"{where}{key}: expected a non-empty string")
         return ""
     return value
+
+
+def _http_settings(data: Mapping[str, Any], errors: list[str]) -> tuple[int, int, float]:
+    """timeout, max_connections and cache_seconds (each optional: files written before they existed load)."""
+    timeout = _int(data, "timeout", "", lo=1, hi=300, errors=errors) if "timeout" in data else DEFAULT_TIMEOUT
+    max_connections = (
+        _int(data, "max_connections", "", lo=1, hi=65536, errors=errors)
+        if "max_connections" in data
+        else DEFAULT_MAX_CONNECTIONS
+    )
+    cache = data.get("cache_seconds", DEFAULT_CACHE_SECONDS)
+    if isinstance(cache, bool) or not isinstance(cache, int | float) or not 0 <= cache <= 60:
+        errors.append("cache_seconds: expected a number of seconds from 0 to 60")
+        cache = DEFAULT_CACHE_SECONDS
+    return timeout, max_connections, float(cache)
 
 
 def parse_exporter_config(data: Any) -> ExporterConfig:
@@ -173,6 +238,7 @@ def parse_exporter_config(data: Any) -> ExporterConfig:
         ids = [inst.id for inst in instances]
         if len(set(ids)) != len(ids):
             errors.append("instances: every id must be unique")
+    timeout, max_connections, cache_seconds = _http_settings(data, errors)
     budget = data.get("postgres_max_connections", {})
     if not isinstance(budget, Mapping):
         errors.append("postgres_max_connections: expected an object of host:port -> integer")
@@ -191,6 +257,9 @@ def parse_exporter_config(data: Any) -> ExporterConfig:
         allow=tuple(allow),
         connect_timeout=connect_timeout,
         postgres_max_connections={str(k): int(v) for k, v in budget.items()},
+        timeout=timeout,
+        max_connections=max_connections,
+        cache_seconds=cache_seconds,
     )
 
 
@@ -380,12 +449,18 @@ def samples(host: str, snapshots: Iterable[Snapshot], budget: Mapping[str, int])
 
 
 class Collector:
-    """prometheus_client collector: reads every instance on each scrape (serialised: one scrape at a time)."""
+    """prometheus_client collector: reads every instance on each collect (serialised: one scrape at a time).
+
+    ``server_stats`` returns the HTTP server's counters (connections it closed, by reason), reported with the
+    number of console scrapes so an operator sees a flood and what it cost the instances.
+    """
 
     def __init__(self, config: ExporterConfig) -> None:
         self.config = config
         self.consoles = [Console(config, inst) for inst in config.instances]
         self._lock = threading.Lock()
+        self.server_stats: Callable[[], Mapping[str, int]] | None = None
+        self.scrapes = 0
 
     def describe(self) -> list[Any]:
         return []  # no collect() at registration time: that would connect before the server listens
@@ -395,6 +470,7 @@ class Collector:
 
         with self._lock:
             snaps = [console.snapshot() for console in self.consoles]
+            self.scrapes += 1
         families: dict[str, Any] = {}
         for sample in samples(self.config.host, snaps, self.config.postgres_max_connections):
             family = families.get(sample.name)
@@ -404,6 +480,23 @@ class Collector:
                 family = families[sample.name] = cls(sample.name, sample.help, labels=names)
             family.add_metric([v for _, v in sample.labels], sample.value)
         yield from families.values()
+        host = self.config.host
+        scrapes = CounterMetricFamily(
+            "pgbouncer_exporter_console_scrapes", "Rounds of console reads (at most one per cache window)",
+            labels=["host"],
+        )  # fmt: skip
+        scrapes.add_metric([host], float(self.scrapes))
+        yield scrapes
+        if self.server_stats is not None:
+            closed = CounterMetricFamily(
+                "pgbouncer_exporter_connections_closed",
+                "HTTP connections the exporter closed unanswered: timeout, overflow (over max_connections), "
+                "denied (outside the allow-list)",
+                labels=["host", "reason"],
+            )
+            for reason, count in sorted(self.server_stats().items()):
+                closed.add_metric([host, reason], float(count))
+            yield closed
 
 
 def allowed(address: str, allow: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
@@ -417,38 +510,337 @@ def allowed(address: str, allow: Sequence[ipaddress.IPv4Network | ipaddress.IPv6
     return any(ip.version == net.version and ip in net for net in allow)
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """One line per scrape would flood the journal; errors still reach it through the server."""
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Server Error"}
 
 
-def serve(config: ExporterConfig) -> None:
-    """Serve /metrics on listen_address:listen_port; connections from outside ``allow`` are closed unread."""
-    from prometheus_client import CollectorRegistry, make_wsgi_app  # noqa: PLC0415
+def _response(status: int, body: bytes, content_type: str, *, head: bool = False) -> list[bytes]:
+    extra = "Allow: GET, HEAD\r\n" if status == 405 else ""
+    header = (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
+    ).encode("ascii")
+    return [header] if head else [header, body]
+
+
+class _Conn:
+    """One client connection: reading its request, waiting for a scrape, or writing the answer."""
+
+    __slots__ = ("deadline", "head", "inbuf", "out", "sock", "state")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.inbuf = b""
+        self.out: list[memoryview] = []
+        self.state = "reading"
+        self.head = False
+
+
+class MetricsServer:
+    """GET/HEAD /metrics on one event loop; the page comes from ``render`` on a scrape thread.
+
+    Bounded whatever clients do: one thread for the loop, one for scrapes; at most ``max_connections`` open
+    client sockets (one more closes the oldest still reading its request); every connection is closed
+    ``timeout`` seconds after it was accepted unless its request has arrived, and a slow reader of the answer
+    gets ``timeout`` seconds more. Requests that arrive while a scrape runs share it; a finished scrape serves
+    every request for ``cache_seconds``.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        render: Callable[[], bytes],
+        *,
+        content_type: str = "text/plain; version=0.0.4; charset=utf-8",
+        allow: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+        timeout: float = DEFAULT_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        cache_seconds: float = DEFAULT_CACHE_SECONDS,
+    ) -> None:
+        self.render = render
+        self.content_type = content_type
+        self.allow = tuple(allow)
+        self.timeout = float(timeout)
+        self.max_connections = max_connections
+        self.cache_seconds = float(cache_seconds)
+        self.closed = {"timeout": 0, "overflow": 0, "denied": 0}
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((address, port))
+        self.listener.listen(128)
+        self.listener.setblocking(False)
+        self.port = int(self.listener.getsockname()[1])
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.listener, selectors.EVENT_READ, "accept")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._accept_paused_until = 0.0
+        # Insertion order is accept order: the first one still reading is the one an overflow closes.
+        self._conns: dict[int, _Conn] = {}
+        self._waiting: list[_Conn] = []
+        self._stop = threading.Event()
+        self._scrape_wanted = threading.Event()
+        self._scraping = False
+        self._result_lock = threading.Lock()
+        self._result: tuple[float, int, bytes] | None = None  # (finished at, status, body)
+        self._cache: tuple[float, bytes] | None = None
+        self._scraper = threading.Thread(target=self._scrape_loop, name="scrape", daemon=True)
+
+    # --- the scrape thread ---------------------------------------------------------------------------
+    def _scrape_loop(self) -> None:
+        while not self._stop.is_set():
+            if not self._scrape_wanted.wait(0.5):
+                continue
+            self._scrape_wanted.clear()
+            try:
+                status, body = 200, self.render()
+            except Exception as exc:  # the page says what failed, never a value of the configuration
+                status, body = 500, f"scrape failed: {type(exc).__name__}\n".encode()
+            with self._result_lock:
+                self._result = (time.monotonic(), status, body)
+            with contextlib.suppress(OSError):  # a full pipe means a wakeup is pending anyway
+                self._wake_w.send(b"x")
+
+    # --- the event loop ------------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        self._scraper.start()
+        next_sweep = 0.0
+        while not self._stop.is_set():
+            for key, mask in self._selector.select(0.2):
+                if key.data == "accept":
+                    self._accept()
+                elif key.data == "wake":
+                    self._deliver()
+                elif key.data.sock.fileno() < 0:  # closed by an eviction earlier in this round
+                    continue
+                elif mask & selectors.EVENT_READ:
+                    self._read(key.data)
+                elif mask & selectors.EVENT_WRITE:
+                    self._write(key.data)
+            now = time.monotonic()
+            if self._accept_paused_until and now >= self._accept_paused_until:
+                self._accept_paused_until = 0.0
+                self._selector.register(self.listener, selectors.EVENT_READ, "accept")
+            if now >= next_sweep:  # deadlines are checked 5 times a second, not on every event
+                next_sweep = now + 0.2
+                for conn in [c for c in self._conns.values() if c.deadline <= now]:
+                    self.closed["timeout"] += 1
+                    self._close(conn)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def server_close(self) -> None:
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        self._selector.close()
+        for sock in (self.listener, self._wake_r, self._wake_w):
+            sock.close()
+
+    def _accept(self) -> None:
+        for _ in range(64):  # then let the other connections have their turn
+            try:
+                sock, address = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    if not self._evict_oldest():  # no descriptor to free: stop accepting for a moment
+                        self._selector.unregister(self.listener)
+                        self._accept_paused_until = time.monotonic() + 0.1
+                        return
+                    continue
+                return  # ECONNABORTED and the like: that client is gone
+            if not allowed(str(address[0]), self.allow):
+                self.closed["denied"] += 1
+                sock.close()  # unread, unanswered
+                continue
+            if len(self._conns) >= self.max_connections and not self._evict_oldest():
+                self.closed["overflow"] += 1
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn = _Conn(sock, time.monotonic() + self.timeout)
+            self._conns[sock.fileno()] = conn
+            self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _evict_oldest(self) -> bool:
+        """Close the longest-open connection that has not sent its request yet; False if there is none."""
+        for conn in self._conns.values():
+            if conn.state == "reading":
+                self.closed["overflow"] += 1
+                self._close(conn)
+                return True
+        return False
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+            return
+        conn.inbuf += data
+        end = conn.inbuf.find(b"\r\n\r\n")
+        if end < 0:
+            end = conn.inbuf.find(b"\n\n")
+        if end < 0:
+            if len(conn.inbuf) > MAX_REQUEST_BYTES:
+                self._answer(conn, _response(400, b"request too large\n", "text/plain"))
+            return
+        self._selector.unregister(conn.sock)
+        line = conn.inbuf[:end].split(b"\n", 1)[0].decode("latin-1").strip().split()
+        conn.inbuf = b""
+        conn.head = bool(line) and line[0] == "HEAD"
+        if len(line) != 3 or not line[2].startswith("HTTP/"):
+            status, text = 400, b"bad request\n"
+        elif line[1].split("?", 1)[0] != "/metrics":
+            status, text = 404, b"only /metrics is served here\n"
+        elif line[0] not in ("GET", "HEAD"):
+            status, text = 405, b"only GET and HEAD\n"
+        else:
+            self._metrics(conn)
+            return
+        self._answer(conn, self._page(status, text, conn.head), registered=False)
+
+    def _metrics(self, conn: _Conn) -> None:
+        now = time.monotonic()
+        if self._cache is not None and now - self._cache[0] < self.cache_seconds:
+            self._answer(conn, self._page(200, self._cache[1], conn.head), registered=False)
+            return
+        conn.state = "waiting"  # bounded by the scrape, which is bounded by connect_timeout per instance
+        conn.deadline = math.inf
+        self._waiting.append(conn)
+        if not self._scraping:
+            self._scraping = True
+            self._scrape_wanted.set()
+
+    def _page(self, status: int, body: bytes, head: bool) -> list[bytes]:
+        content_type = self.content_type if status == 200 else "text/plain"
+        return _response(status, body, content_type, head=head)
+
+    def _deliver(self) -> None:
+        try:
+            while self._wake_r.recv(64):
+                pass
+        except BlockingIOError:
+            pass
+        with self._result_lock:
+            result, self._result = self._result, None
+        if result is None:
+            return
+        finished, status, body = result
+        self._scraping = False
+        if status == 200:
+            self._cache = (finished, body)
+        waiting, self._waiting = self._waiting, []
+        for conn in waiting:
+            if conn.sock.fileno() in self._conns:
+                self._answer(conn, self._page(status, body, conn.head), registered=False)
+
+    def _answer(self, conn: _Conn, parts: list[bytes], *, registered: bool = True) -> None:
+        conn.state = "writing"
+        conn.deadline = time.monotonic() + self.timeout
+        conn.out = [memoryview(p) for p in parts if p]
+        if registered:
+            self._selector.unregister(conn.sock)
+        self._write(conn, registered=False)
+
+    def _write(self, conn: _Conn, *, registered: bool = True) -> None:
+        while conn.out:
+            try:
+                sent = conn.sock.send(conn.out[0])
+            except BlockingIOError:
+                if not registered:
+                    self._selector.register(conn.sock, selectors.EVENT_WRITE, conn)
+                return
+            except OSError:
+                if registered:
+                    self._selector.unregister(conn.sock)
+                self._close(conn, registered=False)
+                return
+            conn.out[0] = conn.out[0][sent:]
+            if not len(conn.out[0]):
+                conn.out.pop(0)
+        if registered:
+            self._selector.unregister(conn.sock)
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_WR)
+        self._close(conn, registered=False)
+
+    def _close(self, conn: _Conn, *, registered: bool | None = None) -> None:
+        fd = conn.sock.fileno()
+        if fd < 0:
+            return
+        self._conns.pop(fd, None)
+        if registered is None:
+            registered = conn.state in ("reading", "writing")
+        if registered:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(conn.sock)
+        if conn.state == "waiting" and conn in self._waiting:
+            self._waiting.remove(conn)
+        conn.sock.close()
+
+
+def _fit_file_descriptors(config: ExporterConfig) -> int:
+    """max_connections, lowered to what the process's RLIMIT_NOFILE allows (with a note on stdout)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= config.file_descriptors():
+        return config.max_connections
+    fitted = max(1, soft - len(config.instances) - FD_RESERVE)
+    print(
+        f"autopgpool-exporter: LimitNOFILE {soft} is below the {config.file_descriptors()} that "
+        f"max_connections {config.max_connections} needs; serving at most {fitted} connections",
+        flush=True,
+    )
+    return fitted
+
+
+def make_server(config: ExporterConfig) -> tuple[MetricsServer, Collector]:
+    """The server and collector of ``serve`` (tests run them in a thread)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest  # noqa: PLC0415
 
     registry = CollectorRegistry(auto_describe=False)
     collector = Collector(config)
     registry.register(collector)
-    app = make_wsgi_app(registry)
-    allow = config.allow
-    family = socket.AF_INET6 if ":" in config.listen_address else socket.AF_INET
+    server = MetricsServer(
+        config.listen_address,
+        config.listen_port,
+        lambda: generate_latest(registry),
+        content_type=CONTENT_TYPE_LATEST,
+        allow=config.allow,
+        timeout=config.timeout,
+        max_connections=_fit_file_descriptors(config),
+        cache_seconds=config.cache_seconds,
+    )
+    collector.server_stats = lambda: server.closed
+    return server, collector
 
-    class Server(socketserver.ThreadingMixIn, WSGIServer):
-        daemon_threads = True
-        address_family = family
 
-        def verify_request(self, request: Any, client_address: Any) -> bool:
-            return allowed(str(client_address[0]), allow)
-
-    httpd = make_server(config.listen_address, config.listen_port, app, Server, _QuietHandler)
+def serve(config: ExporterConfig) -> None:
+    """Serve /metrics on listen_address:listen_port; connections from outside ``allow`` are closed unread."""
+    server, collector = make_server(config)
     print(
         f"autopgpool-exporter: {len(config.instances)} instance(s), listening on "
-        f"{config.listen_address}:{config.listen_port}, {len(allow)} allowed network(s)",
+        f"{config.listen_address}:{config.listen_port}, {len(config.allow)} allowed network(s), "
+        f"timeout {config.timeout} s, at most {server.max_connections} connections, "
+        f"scrapes cached {config.cache_seconds:g} s",
         flush=True,
     )
     try:
-        httpd.serve_forever()
+        server.serve_forever()
     finally:
+        server.server_close()
         for console in collector.consoles:
             console.close()
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from .config import parse_config
 from .errors import Problems
+from .exporter import parse_exporter_config, unit_limits
 
 
 def _networks(value: Any, key: str, problems: Problems) -> list[str]:
@@ -38,11 +39,17 @@ def exporter_config(
     allow: Sequence[str] = ("127.0.0.0/8",),
     stats_user: str = "",
     postgres_max_connections: Mapping[str, int] | None = None,
+    timeout: int = 5,
+    max_connections: int = 256,
+    cache_seconds: float = 2.0,
 ) -> dict[str, Any]:
-    """The exporter's JSON configuration for one host. Holds the stats user's password: write it 0600.
+    """The exporter's JSON configuration for one host. Holds the stats user's password: write it
+    root:<exporter group> 0640.
 
     ``stats_user`` must be one of the TOML's ``stats_users`` (never an admin: the exporter only reads);
-    empty means the first one. ``endpoints`` is the pgbouncer role's ``pgbouncer_endpoints``.
+    empty means the first one. ``endpoints`` is the pgbouncer role's ``pgbouncer_endpoints``. ``timeout``,
+    ``max_connections`` and ``cache_seconds`` bound the HTTP side (exporter.py). The result's ``unit`` is the
+    systemd limits of the exporter's unit sized from them (the exporter ignores that key).
     """
     config = parse_config(toml_text, secrets)
     problems = Problems()
@@ -63,6 +70,7 @@ def exporter_config(
     if isinstance(listen_port, bool) or not isinstance(listen_port, int) or not 1 <= listen_port <= 65535:
         problems.add("pgbouncer_exporter_port", "expected an integer from 1 to 65535")
     networks = _networks(list(allow), "pgbouncer_exporter_allowlist", problems)
+    _check_http(timeout, max_connections, cache_seconds, problems)
     instances = []
     if not endpoints:
         problems.add("pgbouncer_exporter_endpoints", "expected the pgbouncer role's pgbouncer_endpoints")
@@ -86,7 +94,7 @@ def exporter_config(
         else:
             budget[str(backend)] = limit
     problems.raise_if_any()
-    return {
+    result: dict[str, Any] = {
         "host": host,
         "listen_address": listen_address,
         "listen_port": listen_port,
@@ -94,9 +102,31 @@ def exporter_config(
         "user": user,
         "password": password,
         "connect_timeout": 3,
+        "timeout": timeout,
+        "max_connections": max_connections,
+        "cache_seconds": cache_seconds,
         "instances": instances,
         "postgres_max_connections": budget,
     }
+    # What the host will load, checked by the same code, and the unit limits from the same numbers.
+    result["unit"] = unit_limits(parse_exporter_config(result))
+    return result
+
+
+def _check_http(timeout: Any, max_connections: Any, cache_seconds: Any, problems: Problems) -> None:
+    def integer(value: Any, lo: int, hi: int) -> bool:
+        return not isinstance(value, bool) and isinstance(value, int) and lo <= value <= hi
+
+    if not integer(timeout, 1, 300):
+        problems.add("pgbouncer_exporter_timeout", "expected an integer number of seconds from 1 to 300")
+    if not integer(max_connections, 1, 65536):
+        problems.add("pgbouncer_exporter_max_connections", "expected an integer from 1 to 65536")
+    if (
+        isinstance(cache_seconds, bool)
+        or not isinstance(cache_seconds, int | float)
+        or not 0 <= cache_seconds <= 60
+    ):
+        problems.add("pgbouncer_exporter_cache_seconds", "expected a number of seconds from 0 to 60")
 
 
 def file_sd(targets: Iterable[Mapping[str, Any]], job_labels: Mapping[str, str] | None = None) -> list[Any]:

@@ -13,6 +13,14 @@
 * ``pgbouncer_hba.conf``: every user reaches only its granted pools; admin/stats users reach ``pgbouncer``.
   Backend users get no line, so the reject-all tail refuses them as clients.
 
+Two layouts share everything above but the addresses. The roles render the *instances* layout: the
+listener lines come from each instance-N.ini and the hba rules tell HAProxy's source address from the
+operators' (network.py). ``autopgpool generate`` renders the *standalone* layout by default, a single
+pgbouncer as autopg-pool ran it: pgbouncer.ini itself listens on ``[pgbouncer].listen_addr`` and
+``listen_port`` (autopg-pool's 0.0.0.0:6432 by default), application users reach their pools from any
+address (the TOML names none; the listener decides who can connect), and the console stays on the host
+(unix socket, 127.0.0.1 and ::1), since the TOML declares no admin network.
+
 Backend passwords and pgbouncer 1.25.2
 --------------------------------------
 The obvious place for a backend password is ``[databases] app = ... user=app_owner password=...``. In
@@ -34,7 +42,7 @@ from collections.abc import Mapping
 
 from .hashing import choose_scram_verifiers, md5_verifier
 from .model import Config
-from .network import InstanceNetwork, plan_network
+from .network import HOST_LOOPBACK, InstanceNetwork, plan_network
 
 DEFAULT_CONFIG_DIR = "/etc/pgbouncer"
 HEADER = "Rendered by autopgpool from autopgpool.toml; do not edit, changes are overwritten."
@@ -65,19 +73,24 @@ def dq(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
-def render_ini(
-    config: Config, *, config_dir: str = DEFAULT_CONFIG_DIR, extra_settings: Mapping[str, str] | None = None
-) -> str:
-    config_dir = config_dir.rstrip("/") or "/"
-    lines = [
-        f";; {HEADER}",
-        ";; Shared by all pgbouncer instances on this host; each instance-N.ini includes it and then sets",
-        ";; its own listen_addr, listen_port, unix_socket_dir, pidfile, logfile, peer_id and [peers].",
-        ";; [pgbouncer] stays the last section: the instance file continues it without a header of its own,",
-        ";; because every [pgbouncer] header resets all settings to pgbouncer's defaults.",
-        "",
-        "[databases]",
-    ]
+_INSTANCES_INI_ABOUT = (
+    ";; Shared by all pgbouncer instances on this host; each instance-N.ini includes it and then sets",
+    ";; its own listen_addr, listen_port, unix_socket_dir, pidfile, logfile, peer_id and [peers].",
+    ";; [pgbouncer] stays the last section: the instance file continues it without a header of its own,",
+    ";; because every [pgbouncer] header resets all settings to pgbouncer's defaults.",
+)
+
+
+def _standalone_ini_about(config: Config) -> tuple[str, ...]:
+    return (
+        f";; One pgbouncer, listening on {config.listen_addr} port {config.listen_port} and on its unix",
+        ";; socket ([pgbouncer] listen_addr and listen_port). [pgbouncer] stays the last section, so a file",
+        ";; that %includes this one may continue it (pidfile, logfile, unix_socket_dir) without a header.",
+    )
+
+
+def _database_lines(config: Config) -> list[str]:
+    lines = []
     for pool in config.pools:
         r = pool.remote
         parts = [
@@ -94,6 +107,20 @@ def render_ini(
         if pool.pool_mode is not None:
             parts.append(f"pool_mode={pool.pool_mode}")
         lines.append(f"{ini_key(pool.name)} = {' '.join(parts)}")
+    return lines
+
+
+def render_ini(
+    config: Config,
+    *,
+    config_dir: str = DEFAULT_CONFIG_DIR,
+    extra_settings: Mapping[str, str] | None = None,
+    standalone: bool = False,
+) -> str:
+    """``standalone``: the file listens itself, on [pgbouncer] listen_addr/listen_port (module doc)."""
+    config_dir = config_dir.rstrip("/") or "/"
+    about = _standalone_ini_about(config) if standalone else _INSTANCES_INI_ABOUT
+    lines = [f";; {HEADER}", *about, "", "[databases]", *_database_lines(config)]
 
     user_lines = []
     for user in config.users:
@@ -110,6 +137,10 @@ def render_ini(
     settings: dict[str, str] = dict(config.settings)
     # The deployment's TLS files (tls.py): paths on the host, never set by the TOML.
     settings.update(extra_settings or {})
+    if standalone:
+        # Where autopg-pool's pgbouncer listened; in the instances layout each instance-N.ini sets its own.
+        settings["listen_addr"] = config.listen_addr
+        settings["listen_port"] = str(config.listen_port)
     settings["auth_type"] = "hba"
     settings["auth_file"] = f"{config_dir}/userlist.txt".replace("//", "/")
     settings["auth_hba_file"] = f"{config_dir}/pgbouncer_hba.conf".replace("//", "/")
@@ -163,13 +194,45 @@ def render_userlist(
 CLIENT_TLS_REQUIRED = ("require", "verify-ca", "verify-full")
 
 
+def _standalone_hba() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(application users' addresses, console users' addresses, header comment) of the standalone layout."""
+    about = (
+        "# Each user reaches only the pools granted to it, from any address: the TOML names none, and",
+        "# pgbouncer.ini's listen_addr decides where clients can connect. Admin and stats users also reach",
+        "# the pgbouncer console, but only from this host (unix socket, 127.0.0.1, ::1). Backend users",
+        "# (userlist.txt lines with a plain password) are not listed unless declared in [[users]], so",
+        "# they cannot log in as clients.",
+    )
+    return ("all",), (f"{HOST_LOOPBACK}/32", "::1/128"), about
+
+
+def _instances_hba(net: InstanceNetwork) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The same for the roles' per-instance layout (network.py)."""
+    about = (
+        "# Each user reaches only the pools granted to it; admin and stats users also reach the pgbouncer",
+        f"# console, but only from the host (unix socket, {net.operators[0]}) or a declared admin network:",
+        f"# HAProxy connects from {net.frontdoor}, which carries application clients only. Backend",
+        "# users (userlist.txt lines with a plain password) are not listed unless declared in [[users]],",
+        "# so they cannot log in as clients.",
+    )
+    return (net.frontdoor, *net.operators), net.operators, about
+
+
 def render_hba(
-    config: Config, *, network: InstanceNetwork | None = None, client_tls_required: bool = False
+    config: Config,
+    *,
+    network: InstanceNetwork | None = None,
+    client_tls_required: bool = False,
+    standalone: bool = False,
 ) -> str:
-    """Rules by peer address (see network.py): application users from HAProxy's source address and from the
-    operators' addresses, console users from the operators' addresses only; ``hostssl`` when pgbouncer's
-    client_tls_sslmode requires TLS (require or stricter), so the rules say what pgbouncer enforces anyway."""
+    """Rules by peer address; ``hostssl`` when pgbouncer's client_tls_sslmode requires TLS (require or
+    stricter), so the rules say what pgbouncer enforces anyway.
+
+    Instances layout (see network.py): application users from HAProxy's source address and from the
+    operators' addresses, console users from the operators' addresses only. ``standalone``: application users
+    from any address, console users from the host only (``network`` is not used)."""
     net = network if network is not None else plan_network()
+    apps, consoles, about = _standalone_hba() if standalone else _instances_hba(net)
     tcp = "hostssl" if client_tls_required else "host"
     rows: list[tuple[str, str, str, str, str]] = []
     for user in config.users:
@@ -177,21 +240,17 @@ def render_hba(
         if user.grants:
             dbs = ",".join(dq(g) for g in user.grants)
             rows.append(("local", dbs, dq(user.username), "", method))
-            for address in (net.frontdoor, *net.operators):
+            for address in apps:
                 rows.append((tcp, dbs, dq(user.username), address, method))
     console_users = sorted(set(config.admin_users) | set(config.stats_users))
     methods: Mapping[str, str] = {u.username: config.user_auth_type(u) for u in config.users}
     for name in console_users:
         rows.append(("local", "pgbouncer", dq(name), "", methods[name]))
-        for address in net.operators:
+        for address in consoles:
             rows.append((tcp, "pgbouncer", dq(name), address, methods[name]))
     lines = [
         f"# {HEADER}",
-        "# Each user reaches only the pools granted to it; admin and stats users also reach the pgbouncer",
-        f"# console, but only from the host (unix socket, {net.operators[0]}) or a declared admin network:",
-        f"# HAProxy connects from {net.frontdoor}, which carries application clients only. Backend",
-        "# users (userlist.txt lines with a plain password) are not listed unless declared in [[users]],",
-        "# so they cannot log in as clients.",
+        *about,
         "# TYPE  DATABASE  USER  ADDRESS  METHOD",
     ]
     lines += [" ".join(part for part in row if part) for row in rows]

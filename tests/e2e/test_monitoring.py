@@ -17,6 +17,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from autopgpool.exporter import DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT, FD_RESERVE
+
 from .stack import Host, ansible_playbook, demo_secrets, example_config, poolers, postgres_host
 
 pytestmark = pytest.mark.e2e
@@ -213,8 +215,9 @@ def test_scrapes_from_outside_the_allow_list_are_refused(host: Host) -> None:
 
 @pytest.mark.parametrize("host", POOLERS, ids=lambda h: h.name)
 def test_exporter_credentials_and_unit(host: Host) -> None:
+    # root's file, the exporter's group reads it: the exporter cannot rewrite its own configuration.
     assert host.run("stat -c '%a %U %G' /etc/autopgpool-exporter/exporter.json").split() == [
-        "600", "autopgpool-exporter", "autopgpool-exporter",
+        "640", "root", "autopgpool-exporter",
     ]  # fmt: skip
     assert host.run("stat -c '%a %U' /etc/autopgpool-exporter").split() == ["750", "root"]
     denied = host.run("runuser -u nobody -- cat /etc/autopgpool-exporter/exporter.json", check=False)
@@ -225,6 +228,76 @@ def test_exporter_credentials_and_unit(host: Host) -> None:
     exposure = float(re.search(r"exposure level[^:]*:\s*([0-9.]+)", out).group(1))  # type: ignore[union-attr]
     print(f"{host.name}: autopgpool-exporter.service exposure {exposure}")
     assert exposure <= 1.5, out
+
+
+# Run on the monitoring host (on the exporter's allow-list): 300 idle connections, then a real scrape, then
+# how long each idle one stayed open until the exporter closed it. Bounded: 300 sockets, at most 15 s.
+FLOOD = r"""
+import json, socket, sys, time, urllib.request
+url, n, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+host, port = url.split("/")[2].rsplit(":", 1)
+socks, opened = [], []
+for _ in range(n):
+    socks.append(socket.create_connection((host, int(port)), timeout=5))
+    opened.append(time.monotonic())
+time.sleep(2.1)  # past the exporter's cache window: this scrape reads the consoles during the flood
+t = time.monotonic()
+body = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+scrape = time.monotonic() - t
+held = []
+for s, at in zip(socks, opened):
+    s.settimeout(max(0.01, at + limit - time.monotonic()))
+    try:
+        if s.recv(1) == b"":
+            held.append(time.monotonic() - at)
+    except ConnectionResetError:
+        held.append(time.monotonic() - at)
+    except OSError:
+        pass
+    s.close()
+try:
+    urllib.request.urlopen(url + "/", timeout=5)
+    other = 200
+except urllib.error.HTTPError as exc:
+    other = exc.code
+up = [line for line in body.splitlines() if line.startswith("pgbouncer_up{")]
+print(json.dumps({"held": held, "scrape": scrape, "up": up, "other": other}))
+"""
+
+
+@pytest.mark.parametrize("host", POOLERS[:1], ids=lambda h: h.name)
+def test_300_idle_connections_are_released_within_the_timeout_while_a_scrape_succeeds(host: Host) -> None:
+    """The exporter's per-connection timeout (pgbouncer_exporter_timeout, 5 s) and its bound
+    (pgbouncer_exporter_max_connections, 256: one more closes the oldest idle one), and the unit limits
+    sized from it, as systemd shows them."""
+    ids = _instance_ids(host)
+    url = f"http://{host.address}:{EXPORTER_PORT}"
+    pid = host.run("systemctl show -P MainPID autopgpool-exporter.service").strip()
+    out = postgres_host().run(f"python3 - {url} 300 {DEFAULT_TIMEOUT + 2}", stdin=FLOOD, timeout=60)
+    result = json.loads(out.strip().splitlines()[-1])
+    held = result["held"]
+    print(f"{host.name}: scrape during 300 idle connections took {result['scrape']:.2f} s; "
+          f"{len(held)} closed by the exporter, the longest after {max(held, default=0):.1f} s")  # fmt: skip
+    assert sorted(result["up"]) == sorted(
+        f'pgbouncer_up{{host="{host.name}",instance_id="{i}"}} 1.0' for i in ids
+    )
+    assert len(held) == 300, "idle connections still open after the timeout"
+    assert max(held) <= DEFAULT_TIMEOUT + 1
+    assert result["other"] == 404
+    threads = host.run(f"grep ^Threads: /proc/{pid}/status").split()[1]
+    assert int(threads) <= 2, f"{threads} threads"
+    props = "-p TasksMax -p LimitNOFILE -p MemoryMax -p InaccessiblePaths"
+    shown = dict(
+        line.split("=", 1)
+        for line in host.run(f"systemctl show {props} autopgpool-exporter.service").splitlines()
+    )
+    print(f"{host.name}: {shown}")
+    assert shown["TasksMax"] == "8"
+    assert shown["LimitNOFILE"] == str(DEFAULT_MAX_CONNECTIONS + len(ids) + FD_RESERVE)
+    assert shown["MemoryMax"] == str(160 * 1024 * 1024)
+    assert "/etc/pgbouncer" in shown["InaccessiblePaths"]
+    limits = host.run(f"grep 'Max open files' /proc/{pid}/limits").split()
+    assert limits[3] == shown["LimitNOFILE"], limits
 
 
 def test_fleet_view_prints_every_instance_and_totals_without_secrets() -> None:

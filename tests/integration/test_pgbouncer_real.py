@@ -196,7 +196,8 @@ class Lab:
         return int((self.base / "pgbouncer-1.pid").read_text().strip())
 
     def render(self) -> None:
-        """Write the three files with ``autopgpool generate``, secrets from the environment.
+        """Write the three files with ``autopgpool generate --layout instances`` (what the roles deploy),
+        secrets from the environment.
 
         The CLI replaces each file (new inode), as Ansible's template module does. That matters: pgbouncer
         re-reads userlist.txt on SIGHUP only if its stat() changed, with mtime in whole seconds, so a
@@ -206,7 +207,7 @@ class Lab:
         toml_path.write_text(self.toml)
         proc = subprocess.run(
             [sys.executable, "-m", "autopgpool.cli", "generate", "--config-path", str(toml_path),
-             "--output-dir", str(self.conf), "--config-dir", str(self.conf)],
+             "--output-dir", str(self.conf), "--config-dir", str(self.conf), "--layout", "instances"],
             capture_output=True, text=True, check=False, env={"PATH": os.environ["PATH"], **self.env},
         )  # fmt: skip
         if proc.returncode != 0:

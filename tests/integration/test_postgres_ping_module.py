@@ -1,5 +1,6 @@
-"""The postgres_ping module against a real PostgreSQL 15 on loopback: SCRAM, MD5 and cleartext logins, TLS
-with verify-full against a CA made here, and the refusals (wrong password, wrong CA, wrong name, no TLS)."""
+"""The postgres_ping module against a real PostgreSQL 15 on loopback: SCRAM logins, MD5 and cleartext only
+over verified TLS and when allowed, TLS with verify-ca/verify-full against a CA made here (also given as PEM
+text, and TLS-only), and the refusals (wrong password, wrong CA, wrong name, MD5/cleartext unverified)."""
 
 from __future__ import annotations
 
@@ -107,11 +108,33 @@ def _ping(server: dict[str, object], **overrides: object) -> dict[str, object]:
     return postgres_ping.ping(params)
 
 
-@pytest.mark.parametrize("user", ["scram_user", "md5_user", "plain_user"])
-def test_logs_in_and_queries(server: dict[str, object], user: str) -> None:
-    result = _ping(server, user=user, query="SELECT current_user, NULL::text, 1 + 1")
-    assert result["rows"] == [[user, None, "2"]]
+def test_logs_in_with_scram_and_queries(server: dict[str, object]) -> None:
+    result = _ping(server, query="SELECT current_user, NULL::text, 1 + 1")
+    assert result["rows"] == [["scram_user", None, "2"]]
     assert result["tls"] is None
+    assert result["auth_method"] == "scram-sha-256"
+    assert result["verified"] is False
+
+
+@pytest.mark.parametrize(("user", "method"), [("md5_user", "md5"), ("plain_user", "password")])
+def test_md5_and_cleartext_only_over_verified_tls_when_allowed(
+    server: dict[str, object], user: str, method: str
+) -> None:
+    base = server["base"]
+    for sslmode in ("disable", "prefer", "require"):
+        with pytest.raises(postgres_ping.PostgresError) as refused:
+            _ping(server, user=user, sslmode=sslmode, auth_methods=[method, "scram-sha-256"])
+        message = str(refused.value)
+        assert f"127.0.0.1:{server['port']} asks for {method} authentication" in message
+        assert "not verified" in message
+        assert PASSWORD not in message
+    with pytest.raises(postgres_ping.PostgresError, match="not in auth_methods"):
+        _ping(server, user=user, sslmode="verify-full", sslrootcert=f"{base}/ca.crt")
+    result = _ping(server, user=user, sslmode="verify-full", sslrootcert=f"{base}/ca.crt",
+                   auth_methods=[method], query="SELECT current_user")  # fmt: skip
+    assert result["rows"] == [[user]]
+    assert result["auth_method"] == method
+    assert result["verified"] is True
 
 
 def test_verify_full_against_the_right_ca_and_name(server: dict[str, object]) -> None:
@@ -122,6 +145,26 @@ def test_verify_full_against_the_right_ca_and_name(server: dict[str, object]) ->
     assert str(result["tls"]).startswith("TLSv1.")
     by_address = _ping(server, sslmode="verify-full", sslrootcert=f"{base}/ca.crt")
     assert by_address["rows"] == [["1"]]
+    # The CA as PEM text (a controller file not yet on the host running the module).
+    pem = (base / "ca.crt").read_text()
+    as_text = _ping(server, sslmode="verify-full", sslrootcert_data=pem, server_name="db.test")
+    assert as_text["verified"] is True
+    # verify-ca checks the chain only, as pgbouncer does: another name is fine.
+    assert _ping(server, sslmode="verify-ca", sslrootcert_data=pem, server_name="other.test")["verified"]
+
+
+def test_tls_only_checks_the_certificate_without_logging_in(server: dict[str, object]) -> None:
+    base = server["base"]
+    pem = (base / "ca.crt").read_text()
+    params = {"host": server["host"], "port": server["port"], "sslmode": "verify-full", "tls_only": True,
+              "connect_timeout": 5}  # fmt: skip
+    result = postgres_ping.ping({**params, "sslrootcert_data": pem, "server_name": "db.test"})
+    assert result["verified"] is True
+    assert result["rows"] == []
+    assert result["auth_method"] is None
+    with pytest.raises(postgres_ping.PostgresError) as refused:
+        postgres_ping.ping({**params, "sslrootcert_data": (base / "other-ca.crt").read_text()})
+    assert f"TLS with 127.0.0.1:{server['port']}: certificate verify failed" in str(refused.value)
 
 
 def test_tls_refusals_name_the_problem(server: dict[str, object]) -> None:
@@ -134,9 +177,11 @@ def test_tls_refusals_name_the_problem(server: dict[str, object]) -> None:
 
 
 def test_wrong_password_is_the_servers_message_without_the_password(server: dict[str, object]) -> None:
-    for user in ("scram_user", "md5_user"):
+    base = server["base"]
+    verified = {"sslmode": "verify-full", "sslrootcert": f"{base}/ca.crt", "auth_methods": ["md5"]}
+    for user, extra in (("scram_user", {}), ("md5_user", verified)):
         with pytest.raises(postgres_ping.PostgresError) as refused:
-            _ping(server, user=user, password="wrong-password-xyz")
+            _ping(server, user=user, password="wrong-password-xyz", **extra)
         assert "password authentication failed" in str(refused.value)
         assert "wrong-password-xyz" not in str(refused.value)
         assert PASSWORD not in str(refused.value)

@@ -10,7 +10,7 @@ import pytest
 from test_filter_plugin_ansible import assert_no_secret, run_play
 
 from autopgpool import ConfigError, budget_plan, render_files, summarize
-from autopgpool.api import file_descriptor_limit, limit_probes, server_limits
+from autopgpool.api import file_descriptor_limit, limit_probes, server_limits, server_tls_checks
 from autopgpool.budget import make_fleet, make_limits
 from autopgpool.cli import main
 from demo_example import DEMO_ENV, EXAMPLE_CONFIG
@@ -341,10 +341,67 @@ def test_limit_probes_ask_only_undeclared_servers_once() -> None:
     probes = limit_probes(
         text, ENV, servers={"pg2:5432": {"max_connections": 50}, "pg1:5432": {"other_clients": 5}}
     )
-    assert [(p["server"], p["database"], p["sslmode"]) for p in probes] == [("pg1:5432", "a_db", "disable")]
+    # pgbouncer's default server sslmode (prefer): TLS when offered, verifying nothing.
+    assert [(p["server"], p["database"], p["sslmode"]) for p in probes] == [("pg1:5432", "a_db", "prefer")]
     assert probes[0]["password"] == ENV["SECRET_PW"]
-    tls = limit_probes(toml(pool("a", "pool_size = 4"), 'server_tls_sslmode = "verify-full"\n'), ENV)
-    assert tls[0]["sslmode"] == "require"
+
+
+def _probe(text: str, **tls: object) -> dict[str, object]:
+    (probe,) = limit_probes(text, ENV, tls=tls or None)
+    return {k: probe[k] for k in ("sslmode", "server_name", "auth_methods")}
+
+
+SCRAM_ONLY = ["scram-sha-256"]
+ANY_METHOD = ["scram-sha-256", "md5", "password"]
+
+
+def test_limit_probes_use_pgbouncers_effective_server_sslmode() -> None:
+    plain = toml(pool("a", "pool_size = 4"))
+    # The inventory's mode decides, as in the rendered pgbouncer.ini: verify-full with the CA and the name.
+    assert _probe(plain, server_sslmode="verify-full", server_ca=True) == {
+        "sslmode": "verify-full", "server_name": "pg1", "auth_methods": ANY_METHOD,
+    }  # fmt: skip
+    # pgbouncer's verify-ca: the login that carries the owner's password still checks the name.
+    assert _probe(plain, server_sslmode="verify-ca", server_ca=True)["sslmode"] == "verify-full"
+    # Nothing verified: encrypted as pgbouncer would, and SCRAM only (no cleartext or MD5 to whoever answers).
+    assert _probe(plain, server_sslmode="require") == {
+        "sslmode": "require", "server_name": "pg1", "auth_methods": SCRAM_ONLY,
+    }  # fmt: skip
+    assert _probe(plain, server_sslmode="disable")["auth_methods"] == SCRAM_ONLY
+    assert _probe(plain, server_sslmode="allow")["sslmode"] == "prefer"
+    # The TOML's mode when the inventory gives none (the production example's case before this change).
+    in_toml = toml(pool("a", "pool_size = 4"), 'server_tls_sslmode = "verify-full"\n')
+    assert _probe(in_toml, server_ca=True)["sslmode"] == "verify-full"
+    assert _probe(in_toml, server_sslmode="verify-full", server_ca=True)["sslmode"] == "verify-full"
+
+
+def test_limit_probes_refuse_what_the_plan_refuses() -> None:
+    plain = toml(pool("a", "pool_size = 4"))
+    with pytest.raises(ConfigError, match=r"pgbouncer_server_tls_sslmode.*needs the CA"):
+        limit_probes(plain, ENV, tls={"server_sslmode": "verify-full"})
+    in_toml = toml(pool("a", "pool_size = 4"), 'server_tls_sslmode = "require"\n')
+    with pytest.raises(ConfigError, match=r"pgbouncer\.server_tls_sslmode.*contradicts"):
+        limit_probes(in_toml, ENV, tls={"server_sslmode": "verify-full", "server_ca": True})
+
+
+def test_declared_servers_are_never_logged_in_to_but_their_tls_is_checked() -> None:
+    text = toml(pool("a", "pool_size = 4") + pool("b", "pool_size = 4", host="$DB_HOST", port=5433))
+    declared = {"pg1:5432": {"max_connections": 50}, "db.internal:5433": {"max_connections": 50}}
+    verifying = {"server_sslmode": "verify-full", "server_ca": True}
+    assert limit_probes(text, ENV, servers=declared, tls=verifying) == []
+    checks = server_tls_checks(text, ENV, tls=verifying)
+    assert checks == [
+        {"server": "pg1:5432", "shown": "pg1:5432", "host": "pg1", "port": 5432, "sslmode": "verify-full",
+         "server_name": "pg1"},
+        {"server": "db.internal:5433", "shown": "$DB_HOST:5433", "host": "db.internal", "port": 5433,
+         "sslmode": "verify-full", "server_name": "db.internal"},
+    ]  # fmt: skip
+    # pgbouncer's own check under verify-ca compares no name: neither does the check before the run.
+    ca_only = server_tls_checks(text, ENV, tls={"server_sslmode": "verify-ca", "server_ca": True})
+    assert {c["sslmode"] for c in ca_only} == {"verify-ca"}
+    # pgbouncer verifies nothing: nothing to check.
+    assert server_tls_checks(text, ENV, tls={"server_sslmode": "require"}) == []
+    assert server_tls_checks(text, ENV) == []
 
 
 def test_server_limits_merge_answers_with_declarations() -> None:

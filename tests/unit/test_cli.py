@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from autopgpool import render_files
 from autopgpool.cli import main
 from demo_example import DEMO_ENV
 
@@ -283,3 +284,49 @@ def test_file_set_without_hard_links_still_rolls_back(
     assert main(["generate", "--config-path", str(changed), "--output-dir", str(out)]) == 1
     assert _snapshot(out) == old
     capsys.readouterr()
+
+
+# --- the layout: standalone (autopg-pool's single pgbouncer) by default, or the roles' files ----------
+
+
+def test_generate_by_default_listens_where_the_toml_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _generate_in_process(tmp_path / "out") == 0
+    ini = (tmp_path / "out/pgbouncer.ini").read_text()
+    assert "\nlisten_addr = 0.0.0.0\n" in ini
+    assert "\nlisten_port = 6432\n" in ini
+    assert "pgbouncer.ini listens on 0.0.0.0:6432 and its unix socket" in capsys.readouterr().out
+    hba = (tmp_path / "out/pgbouncer_hba.conf").read_text()
+    assert "127.0.0.2" not in hba
+    assert [line for line in hba.splitlines() if line.startswith("host ") and " all md5" in line]
+
+
+def test_generate_layout_instances_writes_what_the_roles_deploy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert _generate_in_process(out, "--layout", "instances") == 0
+    assert "has no listener: each instance-N.ini includes it" in capsys.readouterr().out
+    toml = FIXTURE.read_text()
+    previous = (out / "userlist.txt").read_text()
+    expected = render_files(toml, {}, config_dir=str(out), previous_userlist=previous)
+    assert {p.name: p.read_text() for p in out.iterdir()} == expected
+    assert "listen_addr" not in expected["pgbouncer.ini"].split("\n[pgbouncer]\n")[1]
+
+
+def test_generate_prints_an_ipv6_listener_in_brackets(tmp_path: Path) -> None:
+    toml = tmp_path / "v6.toml"
+    toml.write_text(FIXTURE.read_text().replace('listen_addr = "0.0.0.0"', 'listen_addr = "::1"'))
+    proc = run("generate", "--config-path", str(toml), "--output-dir", str(tmp_path / "out"), env={})
+    assert proc.returncode == 0, proc.stderr
+    assert "listens on [::1]:" in proc.stdout
+    assert "\nlisten_addr = ::1\n" in (tmp_path / "out/pgbouncer.ini").read_text()
+
+
+def test_generate_refuses_an_unknown_layout(tmp_path: Path) -> None:
+    args = ("generate", "--config-path", str(FIXTURE), "--output-dir", str(tmp_path), "--layout", "x")
+    proc = run(*args, env={})
+    assert proc.returncode == 2
+    assert "invalid choice: 'x'" in proc.stderr
+    assert list(tmp_path.iterdir()) == []

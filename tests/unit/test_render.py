@@ -186,3 +186,87 @@ def test_a_rendered_file_without_a_last_pgbouncer_section_never_leaves_the_core(
     for bad in ("[pgbouncer]\n[databases]\n", "[databases]\n", "[pgbouncer]\n[users]\n[pgbouncer]\n"):
         with pytest.raises(ConfigError, match="bug in the autopgpool renderer"):
             _check_sections(bad)
+
+
+# --- the standalone layout (autopgpool generate's default) ------------------------------------------------
+
+MINIMAL = """
+[[users]]
+username = "app"
+password = "pw-app-1"
+grants = ["db"]
+
+[[users]]
+username = "mon"
+password = "pw-mon-1"
+grants = ["db"]
+auth_type = "md5"
+
+[pools.db.remote]
+host = "127.0.0.1"
+port = 5432
+database = "d"
+username = "owner"
+password = "pw-owner-1"
+
+[pgbouncer]
+stats_users = ["mon"]
+"""
+
+
+def _pgbouncer_section(ini: str) -> dict[str, str]:
+    section = ini.split("\n[pgbouncer]\n", 1)[1]
+    return dict(line.split(" = ", 1) for line in section.splitlines() if " = " in line)
+
+
+def test_standalone_listens_on_autopg_pools_default_and_the_roles_file_does_not() -> None:
+    standalone = render_files(MINIMAL, {}, salt_key="k", standalone=True)
+    settings = _pgbouncer_section(standalone["pgbouncer.ini"])
+    assert (settings["listen_addr"], settings["listen_port"]) == ("0.0.0.0", "6432")
+    roles = render_files(MINIMAL, {}, salt_key="k")
+    assert "listen_addr" not in _pgbouncer_section(roles["pgbouncer.ini"])
+    assert "listen_port" not in _pgbouncer_section(roles["pgbouncer.ini"])
+    # Only the addresses differ: the same users, verifiers and settings otherwise.
+    assert standalone["userlist.txt"] == roles["userlist.txt"]
+    without_listen = {k: v for k, v in settings.items() if not k.startswith("listen_")}
+    assert without_listen == _pgbouncer_section(roles["pgbouncer.ini"])
+
+
+@pytest.mark.parametrize(("addr", "port"), [("*", 6543), ("127.0.0.1", 7000), ("::", 6432), ("10.1.2.3", 1)])
+def test_standalone_writes_the_tomls_listen_addr_and_port(addr: str, port: int) -> None:
+    toml = MINIMAL + f'listen_addr = "{addr}"\nlisten_port = {port}\n'
+    settings = _pgbouncer_section(render_files(toml, {}, standalone=True)["pgbouncer.ini"])
+    assert (settings["listen_addr"], settings["listen_port"]) == (addr, str(port))
+    _check_sections(render_files(toml, {}, standalone=True)["pgbouncer.ini"])
+
+
+def test_standalone_hba_lets_users_reach_their_pools_from_any_address_and_the_console_from_the_host() -> None:
+    rules = [
+        line
+        for line in render_files(MINIMAL, {}, standalone=True)["pgbouncer_hba.conf"].splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert rules == [
+        'local "db" "app" scram-sha-256',
+        'host "db" "app" all scram-sha-256',
+        'local "db" "mon" md5',
+        'host "db" "mon" all md5',
+        'local pgbouncer "mon" md5',
+        'host pgbouncer "mon" 127.0.0.1/32 md5',
+        'host pgbouncer "mon" ::1/128 md5',
+        "local all all reject",
+        "host all all all reject",
+    ]
+    # The roles' layout keeps its per-instance addresses: HAProxy's source and the host's loopback only.
+    roles = render_files(MINIMAL, {})["pgbouncer_hba.conf"].splitlines()
+    assert 'host "db" "app" 127.0.0.2/32 scram-sha-256' in roles
+    assert 'host "db" "app" 127.0.0.1/32 scram-sha-256' in roles
+    assert not [line for line in roles if " all scram" in line or " all md5" in line]
+
+
+def test_standalone_ignores_the_inventory_network() -> None:
+    network = {"frontdoor_source": "127.0.0.9", "admin_networks": ["10.9.0.0/24"]}
+    hba = render_files(MINIMAL, {}, standalone=True, network=network)["pgbouncer_hba.conf"]
+    assert "127.0.0.9" not in hba
+    assert "10.9.0.0/24" not in hba
+    assert "127.0.0.9/32" in render_files(MINIMAL, {}, network=network)["pgbouncer_hba.conf"]
