@@ -31,7 +31,9 @@ SHARED: dict[str, str] = {
     "e2e/test_operations.py": "trixie",
     "e2e/test_budget.py": "trixie",
     # Where $VARs come from is the core's and the filters' logic: one first-play refusal, once.
-    "e2e/test_secret_sources.py": "bookworm",
+    "e2e/test_secret_sources.py": "trixie",
+    # The lab's own PostgreSQL role (not a product role): sudo's journal lines are the same on both.
+    "e2e/test_lab_journal.py": "bookworm",
     # The probe's refusal in site.yml's first play (the module is pure Python: nothing differs by release).
     "e2e/test_probe.py": "bookworm",
     # The exporters (prometheus-client 0.16 / 0.21) are checked on both; the two slow alert drills exercise

@@ -102,7 +102,9 @@ def test_password_change_is_applied_by_reload(tmp_path: Path) -> None:
     before = {host.name: _pids(host) for host in POOLERS}
     old = demo_secrets()["APP_USER_PASSWORD"]
     try:
-        result = ansible_playbook("playbooks/site.yml", "-e", f"@{extra}")
+        # Kept on request (pgbouncer_keep_previous_files), for going back by hand.
+        keep = "pgbouncer_keep_previous_files=true"
+        result = ansible_playbook("playbooks/site.yml", "-e", f"@{extra}", "-e", keep)
         assert result.returncode == 0, result.stdout[-3000:]
         assert task_ran(result.stdout, "Reload pgbouncer instances"), (
             "the rotated password was not applied by a reload"
@@ -123,6 +125,9 @@ def test_password_change_is_applied_by_reload(tmp_path: Path) -> None:
     for host in POOLERS:
         assert _pids(host) == before[host.name]
         assert _can_login(host, "app_user", old, "app")
+        # By default the replaced files (the rotated-out password's verifier) are gone once the instances run
+        # the new ones.
+        assert host.run("ls -A /etc/pgbouncer/previous").split() == [], f"{host.name}: previous/ kept files"
 
 
 def _haproxy_servers(host: Host) -> list[str]:

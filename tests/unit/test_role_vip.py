@@ -35,6 +35,9 @@ def _vip_host(src: str) -> dict[str, object]:
         "keepalived_virtual_router_id": 51,
         "keepalived_unicast_src_ip": src,
         "haproxy_client_allowlist": ["10.9.0.0/24", "127.0.0.0/8"],
+        # The "hosts" are this machine, which holds neither address: the first play checks the interface on
+        # the host's network facts, and lo is one.
+        "keepalived_interface": "lo",
     }
 
 
