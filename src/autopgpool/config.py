@@ -659,6 +659,25 @@ def _parse_user(r: _Reader, raw: object, path: str, pool_names: set[str]) -> Use
     )
 
 
+def _startup_parameters(r: _Reader, name: str, items: list[str], path: str) -> str | None:
+    """A list setting as pgbouncer's list syntax; ignore_startup_parameters never as one name.
+
+    pgbouncer up to 1.26.0 loops forever, unauthenticated, on a startup packet whose ``options`` is ``-c=``
+    when ignore_startup_parameters holds one name (or names joined by bare commas): its list search for the
+    empty name ends only at a ", " or a trailing comma (CVE-2026-107349; tests/integration/
+    test_startup_options_cve.py). Names are re-joined with ", "; a single name is refused.
+    """
+    if name == "ignore_startup_parameters" and len(items) == 1:
+        r.problems.add(
+            path,
+            "a single name makes pgbouncer 1.25.2 loop forever on a client's startup option -c= "
+            "(CVE-2026-107349, before any login); list two or more names, e.g. the default "
+            '["extra_float_digits", "options"], or none ([])',
+        )
+        return None
+    return ", ".join(items)
+
+
 def _setting_value(r: _Reader, name: str, raw: object, path: str) -> str | None:
     """Render one pgbouncer setting as the text written after ``name =``, checking it against its kind."""
     kind = SETTINGS[name].kind
@@ -672,7 +691,12 @@ def _setting_value(r: _Reader, name: str, raw: object, path: str) -> str | None:
                 path, f"list items must be non-empty names without commas, got {_describe(bad[0])}"
             )
             return None
-        return ", ".join(items)
+        return _startup_parameters(r, name, items, path)
+    if name == "ignore_startup_parameters" and isinstance(raw, str):
+        text = _free_text(r, raw, path)
+        if text is None:
+            return None
+        return _startup_parameters(r, name, [n for n in (p.strip() for p in text.split(",")) if n], path)
     if isinstance(kind, tuple):
         return r.choice(raw, path, kind)
     if kind == "int":

@@ -16,6 +16,7 @@ is bounded; an instance is killed with SIGKILL at the end (a spinning pgbouncer 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -103,9 +104,12 @@ class Instance:
 
 
 @contextmanager
-def instance(ignore_startup_parameters: list[str] | None = None) -> Iterator[Instance]:
+def instance(
+    ignore_startup_parameters: list[str] | str | None = None, *, instance_line: str = ""
+) -> Iterator[Instance]:
     """The shipped example rendered by the CLI (optionally with the TOML setting the list) and served by the
-    real pinned pgbouncer on a free loopback port, as the role lays an instance out."""
+    real pinned pgbouncer on a free loopback port, as the role lays an instance out. ``instance_line`` is
+    written into instance-1.ini after the include (a value the TOML refuses, for the control)."""
     binary_src = ensure_pgbouncer()
     _ensure_user()
     base = Path(tempfile.mkdtemp(prefix="autopgpool-cve-"))
@@ -116,7 +120,7 @@ def instance(ignore_startup_parameters: list[str] | None = None) -> Iterator[Ins
     if ignore_startup_parameters is not None:
         toml = toml.replace(
             "[pgbouncer]\n",
-            f"[pgbouncer]\nignore_startup_parameters = {ignore_startup_parameters!r}\n".replace("'", '"'),
+            f"[pgbouncer]\nignore_startup_parameters = {json.dumps(ignore_startup_parameters)}\n",
             1,
         )
     toml_path = base / "autopgpool.toml"
@@ -131,7 +135,7 @@ def instance(ignore_startup_parameters: list[str] | None = None) -> Iterator[Ins
         port = _free_port()
         (conf / "instance-1.ini").write_text(
             f"%include {conf}/pgbouncer.ini\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
-            f"unix_socket_dir =\nlogfile = {base}/pgbouncer.log\n"
+            f"unix_socket_dir =\nlogfile = {base}/pgbouncer.log\n{instance_line}"
         )
         for path in (base, conf, *conf.iterdir()):
             _chown(path)
@@ -213,8 +217,9 @@ def test_control_a_list_of_one_name_hangs_the_pinned_release(listed: list[str]) 
     releases = yaml.safe_load(RELEASES_FILE.read_text())["pgbouncer_build_releases"]
     if CVE not in releases[VERSION]["known_cves"]:
         pytest.skip(f"pgbouncer {VERSION} is not affected by {CVE}")
-    with instance(listed) as inst:
-        assert _ini_value(inst.conf, "ignore_startup_parameters") == listed[0]
+    # The TOML refuses a one-name list (tests/unit/test_adversarial.py), so the control sets it in the
+    # instance file, as an operator editing the host by hand could.
+    with instance(instance_line=f"ignore_startup_parameters = {listed[0]}\n") as inst:
         assert inst.admin_query_seconds() is not None
         seen = inst.attack("-c=")
     print(f"\n{CVE} with ignore_startup_parameters = {listed[0]}: {seen}")
@@ -222,3 +227,13 @@ def test_control_a_list_of_one_name_hangs_the_pinned_release(listed: list[str]) 
     assert seen["second_client_s"] is None
     assert isinstance(seen["cpu"], float)
     assert seen["cpu"] > 0.25  # a spinning process gets what the scheduler gives it; idle is ~0
+
+
+def test_a_list_written_with_bare_commas_is_rendered_safe() -> None:
+    """A TOML string with bare commas is what pgbouncer's list search loops on; the core re-joins the names
+    with ", ", so the instance keeps answering."""
+    with instance("extra_float_digits,options") as inst:
+        assert _ini_value(inst.conf, "ignore_startup_parameters") == "extra_float_digits, options"
+        seen = inst.attack("-c=")
+    assert seen["reply"] == "R", seen
+    assert isinstance(seen["second_client_s"], float), seen

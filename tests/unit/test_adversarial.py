@@ -163,6 +163,28 @@ def test_integers_past_pgbouncers_int_say_what_pgbouncer_would_store() -> None:
     ]
 
 
+def test_ignore_startup_parameters_of_one_name_is_refused_for_cve_2026_107349() -> None:
+    # One name (or names joined by bare commas, below) is what pgbouncer's list search loops on.
+    for value in ('["extra_float_digits"]', '["options"]', '"extra_float_digits"', '"options,"'):
+        (message,) = setting(f"ignore_startup_parameters = {value}")
+        assert message.startswith("pgbouncer.ignore_startup_parameters: a single name makes pgbouncer")
+        assert "CVE-2026-107349" in message
+
+
+def test_ignore_startup_parameters_are_joined_with_comma_space() -> None:
+    for value, rendered in (
+        ('"extra_float_digits,options"', "extra_float_digits, options"),
+        ('" extra_float_digits ,options"', None),  # leading whitespace: refused as free text
+        ('["extra_float_digits", "options"]', "extra_float_digits, options"),
+        ("[]", ""),
+    ):
+        toml = BASE + f"[pgbouncer]\nignore_startup_parameters = {value}\n"
+        if rendered is None:
+            assert setting(f"ignore_startup_parameters = {value}")
+            continue
+        assert parse_config(toml, {}).settings["ignore_startup_parameters"] == rendered
+
+
 def test_integer_limits_that_pgbouncer_holds_are_accepted() -> None:
     toml = BASE + "[pgbouncer]\nmax_packet_size = 2147483647\nserver_round_robin = 2147483647\n"
     toml += 'tcp_keepcnt = "7"\nlog_stats = false\n'
