@@ -693,7 +693,8 @@ def _setting_value(r: _Reader, name: str, raw: object, path: str) -> str | None:
             return None
         return _startup_parameters(r, name, items, path)
     if name == "ignore_startup_parameters" and isinstance(raw, str):
-        text = _free_text(r, raw, path)
+        written = r.string(raw, path, allow_empty=True)
+        text = None if written is None else _free_text(r, written, path)
         if text is None:
             return None
         return _startup_parameters(r, name, [n for n in (p.strip() for p in text.split(",")) if n], path)
