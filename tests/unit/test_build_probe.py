@@ -223,3 +223,39 @@ def test_an_artifact_record_someone_else_could_write_is_not_trusted(root_only: P
 
 def test_artifact_record_refuses_a_path_as_name(root_only: Path) -> None:
     assert probe.artifact_record(str(root_only), "../x")["sha256"] is None
+
+
+def test_a_private_controller_cache_record_is_trusted(root_only: Path) -> None:
+    """The controller's cache, written by the user running the deployment only: its .sha256 is trusted, so a
+    new builder does not rebuild an artifact the controller already holds."""
+    artifact = root_only / NAME
+    artifact.write_bytes(b"artifact")
+    assert probe.cache_record(str(artifact)) == {"sha256": None, "problems": []}  # no record yet: build
+    record = root_only / f"{NAME}.sha256"
+    record.write_text(f"{DIGEST}  {NAME}\n")  # sha256sum's format, as the role writes it
+    record.chmod(0o644)
+    assert probe.probe({"mode": "cache_record", "path": str(artifact)}) == {"sha256": DIGEST, "problems": []}
+
+
+@pytest.mark.parametrize("planted", ["foreign", "group_writable", "symlink", "not_a_digest", "shared_dir"])
+def test_a_cache_record_others_could_write_is_not_trusted(root_only: Path, planted: str) -> None:
+    artifact = root_only / NAME
+    artifact.write_bytes(b"artifact")
+    record = root_only / f"{NAME}.sha256"
+    record.write_text(f"{DIGEST}  {NAME}\n")
+    record.chmod(0o644)
+    if planted == "foreign":
+        os.chown(record, 65534, 65534)
+    elif planted == "group_writable":
+        record.chmod(0o664)
+    elif planted == "symlink":
+        real = root_only / "elsewhere"
+        record.rename(real)
+        record.symlink_to(real)
+    elif planted == "not_a_digest":
+        record.write_text("not a digest\n")
+    else:
+        root_only.chmod(0o775)  # a cache directory a group shares
+    result = probe.cache_record(str(artifact))
+    assert result["sha256"] is None, planted
+    assert result["problems"], planted

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Read-only probe of the pgbouncer_build role, run on a host with `ansible.builtin.script`.
 
-One JSON argument in, one JSON object out. Three questions, asked with {"mode": ...}:
+One JSON argument in, one JSON object out. Four questions, asked with {"mode": ...}:
 
 - "install": is the build identified by `identity` (version, tarball sha256, configure options) installed
   in `prefix`, what does its binary say to `--version` (asked only when the install root and the binary are
@@ -10,6 +10,8 @@ One JSON argument in, one JSON object out. Three questions, asked with {"mode": 
   only root can change.
 - "artifact_record": the sha256 the builder recorded, in its root-owned build directory `path`, for the
   artifact `name` it built (None when that record is missing or cannot be trusted).
+- "cache_record": on the controller, the sha256 beside the cached artifact `path`, trusted only when the
+  controller's user (or root) alone can have written it.
 - "build_dir": may root build under `path`? Only if the path and every existing ancestor are directories,
   no symbolic links, owned by root and writable by nobody else (so no local user can plant or swap
   anything there).
@@ -33,10 +35,10 @@ MARKER = "autopgpool-build.json"
 IDENTITY_KEYS = ("version", "sha256", "configure_args")
 
 
-def unsafe_path_reasons(path: str) -> list[str]:
+def unsafe_path_reasons(path: str, owners: tuple[int, ...] = (0,)) -> list[str]:
     """Why root must not trust `path` (empty when it may): the path and each existing ancestor must be a real
-    directory owned by root and not writable by group or others. A world-writable ancestor (such as /var/tmp)
-    lets any user create the path first, sticky bit or not."""
+    directory owned by root (or one of `owners`) and not writable by group or others. A world-writable
+    ancestor (such as /var/tmp) lets any user create the path first, sticky bit or not."""
     reasons = []
     target = Path(path)
     if not target.is_absolute():
@@ -51,11 +53,15 @@ def unsafe_path_reasons(path: str) -> list[str]:
         elif not stat.S_ISDIR(st.st_mode):
             reasons.append(f"{candidate} is not a directory")
         else:
-            if st.st_uid != 0:
-                reasons.append(f"{candidate} is owned by uid {st.st_uid}, not root")
+            if st.st_uid not in (0, *owners):
+                reasons.append(f"{candidate} is owned by uid {st.st_uid}, not {_owner_names(owners)}")
             if st.st_mode & 0o022:
                 reasons.append(f"{candidate} is writable by group or others (mode {st.st_mode & 0o7777:04o})")
     return reasons
+
+
+def _owner_names(owners: tuple[int, ...]) -> str:
+    return " or ".join(["root", *(f"uid {uid}" for uid in owners if uid != 0)])
 
 
 def unsafe_binary_reasons(binary: str) -> list[str]:
@@ -191,7 +197,42 @@ def artifact_record(build_dir: str, name: str) -> dict[str, Any]:
     return {"sha256": digest, "problems": problems}
 
 
+def cache_record(artifact: str) -> dict[str, Any]:
+    """The sha256 in `<artifact>.sha256` of the controller's cache, or None when it cannot be trusted. Run on
+    the controller as the user who runs the deployment: the record counts only when that user (or root) alone
+    can have written it (the directories up to / and the record owned by them, writable by nobody else). Such
+    a cache is as trustworthy as that user's own account, which holds the inventory and the collection too; a
+    cache others can write (a shared directory, a group-writable mode) is of unknown provenance."""
+    me = os.geteuid()
+    target = Path(artifact)
+    problems = unsafe_path_reasons(str(target.parent), owners=(me,))
+    digest = None
+    if not problems:
+        record = Path(f"{artifact}.sha256")
+        try:
+            st = os.lstat(record)
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        if st is not None:
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(f"{record} is not a regular file")
+            elif st.st_uid not in (0, me):
+                problems.append(f"{record} is owned by uid {st.st_uid}, not {_owner_names((me,))}")
+            elif st.st_mode & 0o022:
+                problems.append(f"{record} is writable by group or others (mode {st.st_mode & 0o7777:04o})")
+            else:
+                fields = record.read_text(errors="replace").split()
+                text = fields[0] if fields else ""
+                if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+                    digest = text
+                else:
+                    problems.append(f"{record} does not hold a sha256")
+    return {"sha256": digest, "problems": problems}
+
+
 def probe(params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("mode") == "cache_record":
+        return cache_record(str(params["path"]))
     if params.get("mode") == "build_dir":
         return {"problems": unsafe_path_reasons(str(params["path"]))}
     if params.get("mode") == "artifact_record":
