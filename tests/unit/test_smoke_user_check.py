@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP = ROOT / "playbooks" / "steps" / "smoke_user_check.yml"
@@ -19,7 +20,7 @@ ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 SUMMARY_TLS = {"client_tls": True, "user_auth_types": {"app": "scram-sha-256", "legacy": "md5"}}
 SUMMARY_NO_TLS = {"client_tls": False, "user_auth_types": {"app": "scram-sha-256", "legacy": "md5"}}
-CASES = {
+CASES: dict[str, tuple[dict[str, Any], bool]] = {
     # host: (host vars, refused?)
     "scram_user": ({"smoke_test_user": "app", "pgbouncer_summary": SUMMARY_NO_TLS}, False),
     "no_smoke_user": ({"pgbouncer_summary": SUMMARY_NO_TLS}, False),
