@@ -348,7 +348,7 @@ def _summary(
         },
         "users": [user.username for user in config.users],
         # What pgbouncer asks each user for (its userlist entry and hba method): the front-door check may
-        # answer md5 only when the inventory allows it over verified TLS (steps/smoke_user_check.yml).
+        # answer md5 only when the inventory allows it over verified TLS (site.yml first play).
         "user_auth_types": {user.username: config.user_auth_type(user) for user in config.users},
         "admin_users": list(config.admin_users),
         "stats_users": list(config.stats_users),
