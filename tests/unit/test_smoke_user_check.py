@@ -16,6 +16,9 @@ from typing import Any
 
 import yaml
 
+from autopgpool import summarize
+from demo_example import DEMO_ENV, EXAMPLE_CONFIG
+
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "playbooks" / "site.yml"
 TASK = "Check that the front-door query can log in as smoke_test_user"
@@ -92,3 +95,10 @@ def test_an_md5_smoke_user_needs_its_method_allowed_over_verified_tls(tmp_path: 
     assert refused == {name for name, (_, expected) in CASES.items() if expected}, proc.stdout[-4000:]
     assert "smoke_test_auth_methods: [md5]" in proc.stdout
     assert "Nothing was changed." in proc.stdout
+
+
+def test_the_plan_says_how_each_user_authenticates() -> None:
+    """What the check reads: the summary's user_auth_types (the example's report_user is an md5 client)."""
+    kinds = summarize(EXAMPLE_CONFIG.read_text(), DEMO_ENV)["user_auth_types"]
+    assert kinds["report_user"] == "md5"
+    assert kinds["app_user"] == "scram-sha-256"
