@@ -33,7 +33,8 @@ short_description: Log in to PostgreSQL or a pooler as a client and run one quer
 description:
   - Connects to I(host):I(port), negotiates TLS as libpq does (SSLRequest first), authenticates and runs one
     simple query.
-  - Authentication is SCRAM-SHA-256 by default (the server's SCRAM signature is verified). C(md5) and
+  - Authentication is SCRAM-SHA-256 by default (the server's SCRAM signature is verified; an iteration count
+    outside 4096 to 10,000,000, which the server chooses, is refused before a proof is sent). C(md5) and
     C(password) (cleartext) are used only when listed in I(auth_methods) B(and) the connection is TLS whose
     certificate was verified (I(sslmode) C(verify-ca) or C(verify-full)); otherwise the module refuses before
     sending anything derived from the password, naming the server (host:port) and the method.
@@ -192,6 +193,11 @@ def _error_text(body: bytes) -> str:
     return f"{fields.get(b'S', 'ERROR')}:  {fields.get(b'M', 'unknown error')}"
 
 
+#: SCRAM iteration counts the module computes a proof for (see _scram).
+SCRAM_MIN_ITERATIONS = 4096
+SCRAM_MAX_ITERATIONS = 10_000_000
+
+
 def _scram(conn: _Conn, user: str, password: str, mechanisms: list[bytes]) -> None:
     if b"SCRAM-SHA-256" not in mechanisms:
         raise PostgresError(f"the server offers only {b', '.join(mechanisms).decode()}, not SCRAM-SHA-256")
@@ -202,11 +208,25 @@ def _scram(conn: _Conn, user: str, password: str, mechanisms: list[bytes]) -> No
     kind, body = conn.receive()
     if kind != b"R" or struct.unpack("!I", body[:4])[0] != 11:
         raise PostgresError("SCRAM: no server-first message")
-    server_first = body[4:].decode()
-    attrs = dict(item.split("=", 1) for item in server_first.split(","))
+    server_first = body[4:].decode(errors="replace")
+    attrs = dict(item.split("=", 1) for item in server_first.split(",") if "=" in item)
     if not attrs.get("r", "").startswith(nonce):
         raise PostgresError("SCRAM: the server's nonce does not extend ours")
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
+    try:
+        salt = base64.b64decode(attrs["s"], validate=True)
+        iterations = int(attrs["i"])
+    except (KeyError, ValueError) as err:  # binascii.Error is a ValueError
+        raise PostgresError(f"SCRAM: malformed server-first message ({type(err).__name__})") from None
+    # The server chooses the salt and the count. Whoever answers at the address can ask for i=1, and the
+    # proof below then tests a password guess for one HMAC (an offline dictionary attack at full speed); a
+    # huge count stalls the run in pbkdf2, outside any socket timeout. PostgreSQL's default is 4096 (RFC
+    # 7677's minimum).
+    if not SCRAM_MIN_ITERATIONS <= iterations <= SCRAM_MAX_ITERATIONS:
+        raise PostgresError(
+            f"SCRAM: the server asks for {iterations} iterations, outside {SCRAM_MIN_ITERATIONS}.."
+            f"{SCRAM_MAX_ITERATIONS}; refused, no proof was sent"
+        )
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
     client_key = hmac.digest(salted, b"Client Key", "sha256")
     final_bare = f"c=biws,r={attrs['r']}"
     auth_message = f"{first_bare},{server_first},{final_bare}".encode()

@@ -347,6 +347,9 @@ def _summary(
             for pool in config.pools
         },
         "users": [user.username for user in config.users],
+        # What pgbouncer asks each user for (its userlist entry and hba method): the front-door check may
+        # answer md5 only when the inventory allows it over verified TLS (site.yml first play).
+        "user_auth_types": {user.username: config.user_auth_type(user) for user in config.users},
         "admin_users": list(config.admin_users),
         "stats_users": list(config.stats_users),
         "auth_type": config.auth_type,
@@ -479,19 +482,28 @@ def server_tls_checks(
     checks: dict[str, dict[str, Any]] = {}
     for pool in config.pools:
         r = pool.remote
-        key = server_key(r.host, r.port)
-        checks.setdefault(
-            key,
-            {
-                "server": key,
-                "shown": server_key(r.shown("host"), r.shown("port")),
-                "host": r.host,
-                "port": r.port,
-                # Exactly pgbouncer's check: verify-ca compares no name, so neither does this one.
-                "sslmode": mode,
-                "server_name": r.host,
-            },
-        )
+        # pgbouncer tries each host of a comma list (verifying each one's name) and speaks no TLS over a unix
+        # socket (a host starting with "/"): check every TCP host on its own, never a directory.
+        hosts = [h.strip() for h in r.host.split(",")]
+        written = r.shown("host")
+        for i, host in enumerate(hosts):
+            if not host or host.startswith("/"):
+                continue
+            key = server_key(host, r.port)
+            # A host from a $VAR is shown as written (with its position in a list), never its value.
+            shown_host = host if written == r.host else (written if len(hosts) == 1 else f"{written}[{i}]")
+            checks.setdefault(
+                key,
+                {
+                    "server": key,
+                    "shown": server_key(shown_host, r.shown("port")),
+                    "host": host,
+                    "port": r.port,
+                    # Exactly pgbouncer's check: verify-ca compares no name, so neither does this one.
+                    "sslmode": mode,
+                    "server_name": host,
+                },
+            )
     return list(checks.values())
 
 

@@ -35,6 +35,7 @@ import errno
 import ipaddress
 import json
 import math
+import os
 import resource
 import selectors
 import socket
@@ -53,7 +54,8 @@ DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_CACHE_SECONDS = 2.0
 # A request line and headers larger than this are refused (Prometheus sends about 300 bytes).
 MAX_REQUEST_BYTES = 8192
-# Threads of the serving process: the event loop and the scrape thread, whatever the number of clients.
+# Threads of the serving process: the event loop and the scrape thread, whatever the number of clients (and,
+# while an instance is read, the scrape's watchdog timer: one of the "few short-lived tasks" of unit_limits).
 THREADS = 2
 # File descriptors besides the clients and one console per instance: the listener, epoll, the wakeup pair,
 # stdio, and what Python and libpq open while importing and connecting.
@@ -308,13 +310,50 @@ def read_console(query: Query, *, full: bool = True) -> dict[str, Any]:
     return result
 
 
-class Console:
-    """One instance's admin console, connected lazily and kept between scrapes; reconnects after errors."""
+#: Seconds one instance's console reads may take in a scrape, beyond connect_timeout. A kept connection has no
+#: read timeout of its own (libpq's connect_timeout bounds the connection only): an instance that stops
+#: answering (stopped, spinning, swapped out) would hold the scrape thread for ever, and with it every request
+#: waiting for the scrape, so the exporter would go silent for all instances exactly when one of them hangs.
+CONSOLE_READ_SECONDS = 5.0
 
-    def __init__(self, config: ExporterConfig, instance: Instance) -> None:
+
+def _shutdown_socket(fd: int) -> None:
+    """End a blocked read on ``fd`` (another thread's libpq socket) without closing the descriptor it owns."""
+    with contextlib.suppress(OSError):
+        dup = socket.socket(fileno=os.dup(fd))
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()
+
+
+class Console:
+    """One instance's admin console, connected lazily and kept between scrapes; reconnects after errors.
+
+    A snapshot is bounded: ``connect_timeout`` bounds connecting, and a watchdog ends the reads after
+    ``connect_timeout + read_seconds`` by shutting the connection's socket down (the instance then reads as
+    down and the next scrape reconnects)."""
+
+    def __init__(
+        self, config: ExporterConfig, instance: Instance, *, read_seconds: float = CONSOLE_READ_SECONDS
+    ) -> None:
         self._config = config
         self.instance = instance
         self._conn: Any = None
+        self._read_seconds = read_seconds
+        self._guard = threading.Lock()
+        self._guarded = False
+        self._expired = False
+
+    def _expire(self) -> None:
+        # Under the guard, which close() takes too: the descriptor cannot be closed and reused meanwhile.
+        with self._guard:
+            if not self._guarded:
+                return
+            self._expired = True
+            if self._conn is not None and not self._conn.closed:
+                with contextlib.suppress(Exception):
+                    _shutdown_socket(self._conn.pgconn.socket)
 
     def _connect(self) -> Any:
         import psycopg  # noqa: PLC0415  (only the serving process needs the driver)
@@ -338,11 +377,15 @@ class Console:
         A kept connection that fails (the instance restarted since the last scrape) is replaced once before
         the error counts, so a restart between scrapes does not read as a down instance.
         """
+        if self._expired:
+            raise TimeoutError(f"console of instance {self.instance.id}: no answer in time")
         if self._conn is not None and not self._conn.closed:
             try:
                 return self._rows(sql)
             except Exception:
                 self.close()
+                if self._expired:  # shut down by the watchdog: the instance does not answer
+                    raise
         self._conn = self._connect()
         return self._rows(sql)
 
@@ -352,17 +395,30 @@ class Console:
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+        with self._guard:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                finally:
+                    self._conn = None
 
     def snapshot(self, *, full: bool = True) -> Snapshot:
         start = time.monotonic()
+        with self._guard:
+            self._guarded, self._expired = True, False
+        watchdog = threading.Timer(self._config.connect_timeout + self._read_seconds, self._expire)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             data = read_console(self.query, full=full)
         except Exception:  # any failure means "down"; the next scrape reconnects
+            data = None
+        finally:
+            with self._guard:
+                self._guarded = False
+                expired = self._expired
+            watchdog.cancel()
+        if data is None or expired:  # a socket the watchdog shut down is not kept
             self.close()
             return Snapshot(self.instance, up=False, duration=time.monotonic() - start)
         return Snapshot(self.instance, up=True, duration=time.monotonic() - start, **data)
@@ -717,7 +773,7 @@ class MetricsServer:
         if self._cache is not None and now - self._cache[0] < self.cache_seconds:
             self._answer(conn, self._page(200, self._cache[1], conn.head), registered=False)
             return
-        conn.state = "waiting"  # bounded by the scrape, which is bounded by connect_timeout per instance
+        conn.state = "waiting"  # bounded by the scrape: connect_timeout + CONSOLE_READ_SECONDS per instance
         conn.deadline = math.inf
         self._waiting.append(conn)
         if not self._scraping:

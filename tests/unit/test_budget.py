@@ -435,6 +435,24 @@ def test_declared_servers_are_never_logged_in_to_but_their_tls_is_checked() -> N
     assert server_tls_checks(text, ENV) == []
 
 
+def test_tls_checks_take_each_host_of_a_list_and_skip_unix_sockets() -> None:
+    """pgbouncer tries each host of "h1,h2" and verifies each one's name, and speaks no TLS over a unix
+    socket: a check of "h1,h2" as one name, or of a socket directory, would refuse a run pgbouncer serves."""
+    text = toml(
+        pool("a", "pool_size = 4", host="/var/run/postgresql")
+        + pool("b", "pool_size = 4", host="db1.internal,db2.internal")
+        + pool("c", "pool_size = 4", host="$DB_HOSTS", port=5433)
+    )
+    env = {**ENV, "DB_HOSTS": "db3.internal,db4.internal"}
+    checks = server_tls_checks(text, env, tls={"server_sslmode": "verify-full", "server_ca": True})
+    assert [(c["host"], c["server_name"], c["shown"]) for c in checks] == [
+        ("db1.internal", "db1.internal", "db1.internal:5432"),
+        ("db2.internal", "db2.internal", "db2.internal:5432"),
+        ("db3.internal", "db3.internal", "$DB_HOSTS[0]:5433"),
+        ("db4.internal", "db4.internal", "$DB_HOSTS[1]:5433"),
+    ]
+
+
 def test_server_limits_merge_answers_with_declarations() -> None:
     merged = server_limits(
         {"pg1:5432": {"other_clients": 5}}, [{"server": "pg1:5432", "rows": [["100", "3", "0"]]}]
