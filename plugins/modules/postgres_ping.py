@@ -99,6 +99,11 @@ options:
     description: Seconds for the whole exchange.
     type: float
     default: 10
+  shown:
+    description:
+      - How messages name the server instead of I(host):I(port), e.g. C($DB_HOST:5432) when the host comes
+        from a variable whose value must not be shown.
+    type: str
 """
 
 EXAMPLES = r"""
@@ -370,7 +375,9 @@ def ping(params: dict[str, Any]) -> dict[str, Any]:
     params = {"sslmode": "disable", **{k: v for k, v in params.items() if v is not None}}
     timeout = float(params.get("connect_timeout") or 10)
     port = int(params.get("port") or 5432)
-    where = f"[{params['host']}]:{port}" if ":" in params["host"] else f"{params['host']}:{port}"
+    where = params.get("shown") or (
+        f"[{params['host']}]:{port}" if ":" in params["host"] else f"{params['host']}:{port}"
+    )
     tls_only = bool(params.get("tls_only"))
     if tls_only and params["sslmode"] == "disable":
         raise PostgresError("tls_only needs an sslmode other than disable")
@@ -436,6 +443,7 @@ def main() -> None:  # pragma: no cover - exercised through ansible-playbook in 
             },
             "tls_only": {"type": "bool", "default": False},
             "connect_timeout": {"type": "float", "default": 10},
+            "shown": {"type": "str"},
         },
         mutually_exclusive=[("sslrootcert", "sslrootcert_data")],
         required_if=[("tls_only", False, ("user", "password", "database"))],

@@ -178,3 +178,12 @@ def test_the_documentation_parses_and_names_every_option() -> None:
     assert options["sslmode"]["choices"] == ["disable", "prefer", "require", "verify-ca", "verify-full"]
     assert {"sslrootcert_data", "tls_only", "server_name"} <= set(options)
     assert {"rows", "tls", "verified", "auth_method", "seconds"} == set(returned)
+
+
+@pytest.mark.parametrize("fake", [("md5", None)], indirect=True)
+def test_a_refusal_names_the_server_as_shown(fake: FakePostgres) -> None:
+    """validate.yml passes the TOML's own spelling of a host that came from a $VAR: its value is not shown."""
+    message = _ping(fake, shown="$DB_HOST:5432")
+    assert message.startswith("$DB_HOST:5432 asks for md5 authentication"), message
+    assert "127.0.0.1" not in message
+    _never_received(fake)
