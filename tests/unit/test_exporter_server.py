@@ -97,11 +97,13 @@ def test_300_idle_connections_are_closed_within_the_timeout_while_a_scrape_succe
     assert status == 200
     assert body.startswith(b"autopgpool_test_scrapes 1\n")
     assert threading.active_count() == threads_before, "a thread per connection"
-    closed = _closed_by_server(idle, until=start + srv.timeout + 1.5)
+    # Slack for a loaded CI machine (make test runs this beside the lab): what is proved is that the server
+    # releases every idle connection by itself, at its timeout and not never.
+    closed = _closed_by_server(idle, until=start + srv.timeout + 5)
     assert all(0 <= t < float("inf") for t in closed), sorted(closed)[-3:]
     elapsed = time.monotonic() - start
     print(f"300 idle connections closed after {max(closed):.2f} s (timeout {srv.timeout} s): {srv.closed}")
-    assert elapsed <= srv.timeout + 1.5
+    assert elapsed <= srv.timeout + 5
     # 256 timed out, the 44 beyond max_connections (and the scrape's slot) closed the oldest ones first.
     assert srv.closed["timeout"] + srv.closed["overflow"] == 300
     assert srv.closed["overflow"] >= 300 - srv.max_connections
