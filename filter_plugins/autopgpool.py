@@ -32,6 +32,7 @@ try:
         validate,
     )
     from autopgpool.api import limit_probes, server_limits, server_tls_checks
+    from autopgpool.inventory import CHECKS, host_problems, tls_warnings
     from autopgpool.monitoring import exporter_config, file_sd, fleet_table
     from autopgpool.tls import check_ca, check_client_tls
 except ImportError as _exc:
@@ -54,6 +55,8 @@ FILTER_NAMES = (
     "autopgpool_tls_problems",
     "autopgpool_ca_problems",
     "autopgpool_package_file",
+    "autopgpool_inventory_problems",
+    "autopgpool_tls_warnings",
 )
 
 
@@ -138,6 +141,17 @@ def _package_file(name: str) -> str:
     return str(path)
 
 
+def _inventory_problems(values: Mapping[str, Any], role: str, host: str) -> list[str]:
+    """``{...} | autopgpool_inventory_problems(role, inventory_hostname)``: the problems (sentences naming the
+    variable and the host, never a value) of one host's variables for ``role`` (pgbouncer, haproxy,
+    keepalived), checked on the controller by site.yml's first play."""
+    if role not in CHECKS:
+        raise AnsibleFilterError(f"autopgpool_inventory_problems: role must be one of {', '.join(CHECKS)}")
+    if not isinstance(values, Mapping):
+        raise AnsibleFilterError("autopgpool_inventory_problems: expected a mapping of variables")
+    return host_problems(role, str(host), values)
+
+
 class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
         if _IMPORT_ERROR is not None:
@@ -160,4 +174,7 @@ class FilterModule:
             "autopgpool_tls_problems": _tls_problems,
             "autopgpool_ca_problems": _ca_problems,
             "autopgpool_package_file": _package_file,
+            # Each role's checks of a host's inventory variables, and TLS that leaves logins open.
+            "autopgpool_inventory_problems": _inventory_problems,
+            "autopgpool_tls_warnings": tls_warnings,
         }
