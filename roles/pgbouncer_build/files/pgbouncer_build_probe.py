@@ -166,34 +166,37 @@ def probe_install(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _read_record(record: Path, owners: tuple[int, ...], problems: list[str]) -> str | None:
+    """The sha256 a record file holds (its first word: a bare digest or sha256sum's line), or None with the
+    reason in `problems`: missing (no reason: nothing recorded yet), not a regular file (a symbolic link
+    included), owned by someone other than root or `owners`, writable by group or others, or not a digest."""
+    try:
+        st = os.lstat(record)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        problems.append(f"{record} is not a regular file")
+    elif st.st_uid not in (0, *owners):
+        problems.append(f"{record} is owned by uid {st.st_uid}, not {_owner_names(owners)}")
+    elif st.st_mode & 0o022:
+        problems.append(f"{record} is writable by group or others (mode {st.st_mode & 0o7777:04o})")
+    else:
+        fields = record.read_text(errors="replace").split()
+        text = fields[0] if fields else ""
+        if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+            return text
+        problems.append(f"{record} does not hold a sha256")
+    return None
+
+
 def artifact_record(build_dir: str, name: str) -> dict[str, Any]:
     """The sha256 the builder recorded for artifact `name` when it built it (`<build_dir>/<name>.sha256`), or
-    None when the record cannot be trusted: the build directory is not root's alone, the record is missing, a
-    symbolic link, not root's, writable by others, or not a digest. The controller's cache is writable by the
-    controller's user; this record only by root on the builder, so an artifact is checked against it."""
+    None when the record cannot be trusted: the build directory is not root's alone, or the record is not
+    (_read_record). This record is writable only by root on the builder."""
     problems = unsafe_path_reasons(build_dir)
     if "/" in name or name in ("", ".", ".."):
         problems.append(f"{name!r} is not a file name")
-    digest = None
-    if not problems:
-        record = Path(build_dir) / f"{name}.sha256"
-        try:
-            st = os.lstat(record)
-        except (FileNotFoundError, NotADirectoryError):
-            st = None
-        if st is not None:
-            if not stat.S_ISREG(st.st_mode):
-                problems.append(f"{record} is not a regular file")
-            elif st.st_uid != 0:
-                problems.append(f"{record} is owned by uid {st.st_uid}, not root")
-            elif st.st_mode & 0o022:
-                problems.append(f"{record} is writable by group or others (mode {st.st_mode & 0o7777:04o})")
-            else:
-                text = record.read_text(errors="replace").strip()
-                if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
-                    digest = text
-                else:
-                    problems.append(f"{record} does not hold a sha256")
+    digest = None if problems else _read_record(Path(build_dir) / f"{name}.sha256", (0,), problems)
     return {"sha256": digest, "problems": problems}
 
 
@@ -204,29 +207,8 @@ def cache_record(artifact: str) -> dict[str, Any]:
     a cache is as trustworthy as that user's own account, which holds the inventory and the collection too; a
     cache others can write (a shared directory, a group-writable mode) is of unknown provenance."""
     me = os.geteuid()
-    target = Path(artifact)
-    problems = unsafe_path_reasons(str(target.parent), owners=(me,))
-    digest = None
-    if not problems:
-        record = Path(f"{artifact}.sha256")
-        try:
-            st = os.lstat(record)
-        except (FileNotFoundError, NotADirectoryError):
-            st = None
-        if st is not None:
-            if not stat.S_ISREG(st.st_mode):
-                problems.append(f"{record} is not a regular file")
-            elif st.st_uid not in (0, me):
-                problems.append(f"{record} is owned by uid {st.st_uid}, not {_owner_names((me,))}")
-            elif st.st_mode & 0o022:
-                problems.append(f"{record} is writable by group or others (mode {st.st_mode & 0o7777:04o})")
-            else:
-                fields = record.read_text(errors="replace").split()
-                text = fields[0] if fields else ""
-                if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
-                    digest = text
-                else:
-                    problems.append(f"{record} does not hold a sha256")
+    problems = unsafe_path_reasons(str(Path(artifact).parent), owners=(me,))
+    digest = None if problems else _read_record(Path(f"{artifact}.sha256"), (me,), problems)
     return {"sha256": digest, "problems": problems}
 
 
